@@ -1,0 +1,150 @@
+"""Typed configuration, one pydantic model per concern.
+
+``ModelSpec``      where a model comes from and how it is stored (dtype, bitsandbytes quantization, device)
+``DraftSpec``      which drafter proposes tokens and from what weights
+``PolicySpec``     which γ-policy chooses the speculation length, and its knobs
+``SamplingParams`` per-request decoding parameters
+``EngineConfig``   the engine as a whole (target + draft + policy + limits)
+``GenerationRequest`` one prompt (text or chat messages) with its sampling parameters
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Dtype = Literal["fp32", "bf16", "fp16"]
+Quantization = Literal["none", "int8", "nf4"]
+Device = Literal["auto", "cpu", "cuda"]
+
+#: The largest speculation length any policy may choose (the issue caps γ_max at 16).
+GAMMA_LIMIT = 16
+
+#: Name used for the embedded default target and draft (resolved in :mod:`speckv.models`).
+EMBEDDED = "embedded"
+
+POLICY_NAMES = ("ar", "fixed", "heuristic", "confidence", "entropy", "ema", "learned")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """A causal LM: Hugging Face hub id, local directory, GGUF file, or ``embedded``."""
+
+    source: str = Field(EMBEDDED, description="hub id, local dir, path to a .gguf file, or 'embedded'")
+    dtype: Dtype = Field("bf16", description="compute dtype of the weights that are not quantized")
+    quantization: Quantization = Field("none", description="bitsandbytes weight quantization")
+    device: Device = Field("auto", description="'auto' picks cuda when available, else cpu")
+    gguf_file: str | None = Field(None, description="GGUF file name inside `source` when source is a dir/hub id")
+
+    @property
+    def compression(self) -> str:
+        """Compression level as the policies see it: the dtype, or the quantization when there is one."""
+        return self.dtype if self.quantization == "none" else self.quantization
+
+
+class DraftSpec(_Strict):
+    """The drafter: an independent small LM (``lm``) or a head over the target's features (``eagle``)."""
+
+    kind: Literal["lm", "eagle"] = Field("eagle", description="drafter kind")
+    source: str = Field(EMBEDDED, description="draft weights: hub id, local dir, GGUF, or 'embedded'")
+    dtype: Dtype | None = Field(None, description="defaults to the target's dtype")
+
+
+class PolicySpec(_Strict):
+    """How γ (the number of drafted tokens) is chosen, per sequence and per step."""
+
+    name: Literal["ar", "fixed", "heuristic", "confidence", "entropy", "ema", "learned"] = "learned"
+    gamma: int = Field(4, ge=0, le=GAMMA_LIMIT, description="γ for 'fixed'; initial γ for adaptive ones")
+    gamma_max: int = Field(8, ge=1, le=GAMMA_LIMIT, description="upper bound on γ for adaptive policies")
+    confidence_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="'confidence': stop under this top-1 p")
+    entropy_threshold: float = Field(2.0, gt=0.0, description="'entropy': stop above this draft entropy (nats)")
+    ema_alpha: float = Field(0.5, gt=0.0, le=1.0, description="'ema': weight of the newest accepted length")
+    path: str | None = Field(None, description="'learned': policy weights; default is the shipped one")
+
+    @model_validator(mode="after")
+    def _gamma_within_max(self) -> PolicySpec:
+        if self.name == "fixed" and self.gamma < 1:
+            raise ValueError("policy 'fixed' needs gamma >= 1 (use policy 'ar' for no speculation)")
+        return self
+
+    @property
+    def max_gamma(self) -> int:
+        """The largest γ this policy can ask for (sizes buffers)."""
+        if self.name == "ar":
+            return 0
+        if self.name == "fixed":
+            return self.gamma
+        return max(self.gamma_max, self.gamma)
+
+
+class SamplingParams(_Strict):
+    """Per-request decoding parameters. ``temperature == 0`` means greedy."""
+
+    max_new_tokens: int = Field(128, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=10.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    seed: int | None = Field(None, ge=0)
+    stop: list[str] = Field(default_factory=list, description="stop strings; the text is cut before them")
+    ignore_eos: bool = False
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: object) -> object:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_non_empty(cls, value: list[str]) -> list[str]:
+        if any(not s for s in value):
+            raise ValueError("stop strings must be non-empty")
+        return value
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerationRequest(_Strict):
+    """One prompt. Exactly one of ``prompt`` (run through the chat template) or ``messages``."""
+
+    id: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    task: str | None = Field(None, description="task tag copied into telemetry (code, math, ...)")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    raw_prompt: bool = Field(False, description="feed `prompt` as-is, without the chat template")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerationRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("'prompt' is empty")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' is empty")
+        return self
+
+
+class EngineConfig(_Strict):
+    """Everything an engine needs; the CLI, the Ray job and the Serve app all build one of these."""
+
+    target: ModelSpec = Field(default_factory=ModelSpec)
+    draft: DraftSpec = Field(default_factory=DraftSpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    max_batch_size: int = Field(8, ge=1, le=256, description="requests decoded together")
+    max_context: int | None = Field(None, ge=16, description="prompt + new tokens bound; default model's")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default leaves torch's choice")
