@@ -1,0 +1,79 @@
+"""Measure the engine's own costs once and cache them (see :mod:`speckv.costs`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+import torch
+
+from speckv.costs import CostModel, median_ms
+from speckv.kvcache import RaggedCache
+from speckv.models import cache_dir
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 2, 4, 8, 16)
+TOKENS = (1, 2, 3, 5, 9, 17)
+CONTEXT = 128
+REPEATS = 3
+
+
+def cost_key(engine) -> str:
+    cfg = engine.config
+    parts = {
+        "target": cfg.target.model_dump(),
+        "draft": cfg.draft.model_dump(),
+        "device": str(engine.device),
+        "threads": torch.get_num_threads(),
+        "batch": BATCH_SIZES,
+        "tokens": TOKENS,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_or_calibrate(engine) -> CostModel:
+    path = cache_dir() / "costs" / f"{cost_key(engine)}.json"
+    if path.is_file() and not os.environ.get("SPECKV_RECALIBRATE"):
+        return CostModel.from_json(path.read_text())
+    log.info("calibrating draft/verify costs once (cached in %s)", path)
+    model = calibrate(engine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(model.to_json())
+    tmp.replace(path)
+    return model
+
+
+@torch.inference_mode()
+def calibrate(engine, batch_sizes=BATCH_SIZES, tokens=TOKENS, context: int = CONTEXT) -> CostModel:
+    dev, vocab = engine.device, engine.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    verify_ms, draft_ms = [], []
+    for batch in batch_sizes:
+        prompt = torch.randint(100, vocab, (batch, context), generator=gen).to(dev)
+        ones = torch.ones_like(prompt, dtype=torch.bool)
+        cache = RaggedCache(batch, dev)
+        _, hidden = engine._target_forward(cache, prompt, ones)
+        row = []
+        for t in tokens:
+            ids = torch.randint(100, vocab, (batch, t), generator=gen).to(dev)
+
+            def forward(ids=ids, t=t):
+                engine._target_forward(cache, ids, torch.ones_like(ids, dtype=torch.bool))
+                cache.keep_last(t, torch.zeros(batch, dtype=torch.long, device=dev))
+                cache.trim()
+
+            row.append(median_ms(forward, REPEATS, engine._sync))
+        verify_ms.append(row)
+        if engine.drafter is None:
+            draft_ms.append(0.0)
+            continue
+        feats = [hidden[b] for b in range(batch)] if hidden is not None else None
+        engine.drafter.prefill(prompt.tolist(), prompt[:, -1], feats)
+        engine.drafter.draft_logits(None)
+        last = prompt[:, -1]
+        draft_ms.append(median_ms(lambda: engine.drafter.draft_logits(last), REPEATS + 2, engine._sync))
+    return CostModel(list(batch_sizes), list(tokens), verify_ms, draft_ms)

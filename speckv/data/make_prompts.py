@@ -1,0 +1,199 @@
+"""Write the distillation prompts and the benchmark prompts (deterministic; run from anywhere).
+
+    python speckv/data/make_prompts.py
+
+Prompts are templates × topics for four tasks (code, continuation, math, dialogue). Topics are split
+before templating, so no benchmark prompt shares a topic (or, for math, its numbers) with a training
+prompt: acceptance measured on ``bench_*.jsonl`` is held out.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).parent
+NUM_BENCH = 30  # per task
+SEED = 1234
+
+CODE_TASKS = [
+    "reverses a string", "checks whether a number is prime", "returns the n-th Fibonacci number",
+    "merges two sorted lists", "counts the vowels in a string", "removes duplicates from a list",
+    "finds the largest element in a list", "computes the factorial of n", "checks whether a string is a palindrome",
+    "flattens a nested list", "converts Celsius to Fahrenheit", "returns the greatest common divisor of two numbers",
+    "sorts a list with bubble sort", "implements binary search", "counts word frequencies in a text",
+    "validates an email address", "transposes a matrix", "computes the mean and median of a list",
+    "reads a CSV file and prints each row", "generates all permutations of a list", "checks balanced parentheses",
+    "converts a decimal number to binary", "finds the second largest number in a list", "capitalizes every word",
+    "computes the sum of digits of an integer", "returns the intersection of two lists", "implements a stack class",
+    "implements a queue with two stacks", "rotates a list by k positions", "finds the longest common prefix",
+    "checks whether two strings are anagrams", "computes the power set of a set", "parses a date string",
+    "counts the lines in a file", "implements insertion sort", "finds all primes below n with a sieve",
+    "computes the dot product of two vectors", "merges two dictionaries", "returns the mode of a list",
+    "chunks a list into pieces of size n", "converts a Roman numeral to an integer", "implements quicksort",
+    "computes the edit distance between two strings", "finds the missing number in 1..n", "zips two lists into a dict",
+    "computes compound interest", "checks whether a year is a leap year", "finds the longest word in a sentence",
+    "implements a linked list", "computes the running total of a list", "encodes a string with a Caesar cipher",
+    "counts set bits in an integer", "returns the n largest items of a list", "checks whether a list is sorted",
+    "computes the area of a circle", "generates a random password", "implements depth-first search on a graph",
+    "implements breadth-first search on a graph", "computes a moving average", "removes whitespace from a string",
+    "splits a sentence into words", "computes the least common multiple", "finds duplicate elements in a list",
+    "converts a list of strings to integers", "implements a simple LRU cache", "checks whether a number is a power of two",
+]
+CODE_LANGS = ["Python", "JavaScript", "C", "Rust", "Go", "Java"]
+CODE_TEMPLATES = [
+    "Write a {lang} function that {task}.",
+    "Show me {lang} code that {task}, with a short explanation.",
+    "How do I write a function in {lang} that {task}?",
+    "Implement a {lang} function which {task}. Add comments.",
+]
+
+STORY_SUBJECTS = [
+    "an old lighthouse keeper", "a young astronaut", "a stray cat", "a retired detective", "a village baker",
+    "a lost robot", "a curious child", "a travelling musician", "a ship captain", "a forest ranger",
+    "a small dragon", "a night-shift nurse", "a chess champion", "a street painter", "a beekeeper",
+    "a time traveller", "a mountain guide", "a shy librarian", "a farmer", "an inventor", "a postman",
+    "a circus acrobat", "a museum guard", "a fisherman", "a kind ghost", "a gardener", "a taxi driver",
+    "a deep-sea diver", "a school teacher", "a young wizard", "a clockmaker", "a radio host", "a park ranger",
+    "an ice-cream seller", "a desert nomad", "a violin maker", "a train conductor", "a weather forecaster",
+    "a tailor", "a beach lifeguard", "a penguin", "an architect", "a hacker", "a knight", "a shepherd",
+    "a baker's apprentice", "a zookeeper", "a pilot", "a monk", "a marathon runner", "a poet", "a chef",
+]
+STORY_OPENINGS = [
+    "Continue the story: Once upon a time, {subject} found a mysterious key.",
+    "Continue this text: It was raining when {subject} first heard the strange noise.",
+    "Write the next paragraph of a story about {subject} who wakes up in an unknown city.",
+    "Continue the story: Every morning, {subject} walked the same path, until one day",
+    "Continue this story in a few paragraphs: {subject} received a letter with no sender.",
+]
+ESSAY_TOPICS = [
+    "renewable energy", "the history of the internet", "the importance of sleep", "city gardens",
+    "learning a second language", "the invention of the printing press", "electric cars", "the water cycle",
+    "remote work", "the role of bees in agriculture", "space exploration", "the Roman Empire",
+    "healthy breakfast habits", "recycling plastics", "public libraries", "volcanoes", "the human immune system",
+    "classical music", "video games", "climate change", "the ocean's tides", "photosynthesis", "social media",
+    "ancient Egypt", "artificial intelligence", "coffee", "the Olympic Games", "migratory birds", "chess",
+    "the moon landing", "mountain hiking", "vaccines", "the stock market", "earthquakes", "tea ceremonies",
+    "bicycles in cities", "the printing of money", "rainforests", "jazz", "the periodic table",
+]
+ESSAY_TEMPLATES = [
+    "Continue this paragraph: {topic_cap} has changed the way people live because",
+    "Write a short essay about {topic}.",
+    "Continue the text: The most surprising fact about {topic} is",
+]
+
+DIALOGUE_TOPICS = [
+    "staying motivated while studying", "cooking dinner for friends", "starting to run", "saving money",
+    "planning a trip to Japan", "learning to play the guitar", "dealing with a noisy neighbour", "keeping houseplants alive",
+    "preparing for a job interview", "getting better sleep", "choosing a first pet", "making new friends in a new city",
+    "organizing a birthday party", "reducing screen time", "writing a cover letter", "learning to swim as an adult",
+    "moving to a new apartment", "starting a small garden", "reading more books", "public speaking",
+    "buying a used car", "meditation for beginners", "working from home", "teaching a child to ride a bike",
+    "choosing a laptop", "training a puppy", "baking bread", "handling stress at work", "planning a wedding",
+    "learning to draw", "asking for a raise", "packing for a camping trip", "eating more vegetables",
+    "keeping a journal", "fixing a leaking tap", "choosing a university", "starting a podcast", "decluttering a room",
+    "visiting Paris on a budget", "getting over a cold", "learning chess", "taking better photos with a phone",
+    "cycling to work", "hosting a board game night", "writing a short story", "talking to a shy teenager",
+]
+DIALOGUE_TEMPLATES = [
+    "Hi! Can you give me some advice on {topic}?",
+    "I'm a bit nervous about {topic}. What do you suggest?",
+    "What are three tips for {topic}?",
+    "My friend asked me about {topic} and I didn't know what to say. Can you help?",
+]
+
+ITEMS = ["apples", "pencils", "notebooks", "tickets", "cookies", "books", "shirts", "bottles of water", "plants"]
+NAMES = ["Sam", "Maria", "Ali", "Chen", "Emma", "Lucas", "Priya", "Noah", "Sofia", "Omar", "Lena", "Kenji"]
+
+
+def math_prompts(rng: random.Random, count: int) -> list[str]:
+    out: list[str] = []
+    while len(out) < count:
+        kind = rng.randrange(6)
+        a, b, c = rng.randint(2, 40), rng.randint(2, 40), rng.randint(41, 400)
+        name, item = rng.choice(NAMES), rng.choice(ITEMS)
+        if kind == 0:
+            out.append(f"A shop sells {item} for ${a} each. If {name} buys {b} of them, how much does {name} pay? "
+                       "Explain step by step.")
+        elif kind == 1:
+            out.append(f"Solve for x: {a}x + {b} = {c}. Show your work.")
+        elif kind == 2:
+            out.append(f"What is {a * 7 + b} multiplied by {b + 3}? Show the calculation.")
+        elif kind == 3:
+            out.append(f"{name} has {c} {item} and gives away {a} to each of {b % 9 + 2} friends. "
+                       f"How many {item} are left?")
+        elif kind == 4:
+            out.append(f"A train travels {c} km in {a % 7 + 2} hours. What is its average speed? Explain.")
+        else:
+            out.append(f"What is {a}% of {c}? Explain how to compute it.")
+        out = list(dict.fromkeys(out))
+    return out
+
+
+def split_topics(rng: random.Random, topics: list[str], num_bench: int) -> tuple[list[str], list[str]]:
+    topics = topics[:]
+    rng.shuffle(topics)
+    return topics[num_bench:], topics[:num_bench]
+
+
+def build(rng: random.Random) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    train: dict[str, list[str]] = {}
+    bench: dict[str, list[str]] = {}
+
+    code_train, code_bench = split_topics(rng, CODE_TASKS, 15)
+    train["code"] = [t.format(lang=lang, task=task) for task in code_train for t in CODE_TEMPLATES
+                     for lang in rng.sample(CODE_LANGS, 1)]
+    bench["code"] = [rng.choice(CODE_TEMPLATES).format(lang=lang, task=task) for task in code_bench
+                     for lang in rng.sample(CODE_LANGS, 2)]
+
+    subj_train, subj_bench = split_topics(rng, STORY_SUBJECTS, 10)
+    essay_train, essay_bench = split_topics(rng, ESSAY_TOPICS, 10)
+
+    def story(subject: str, template: str) -> str:
+        return template.format(subject=subject)
+
+    def essay(topic: str, template: str) -> str:
+        return template.format(topic=topic, topic_cap=topic[0].upper() + topic[1:])
+
+    train["continuation"] = ([story(s, t) for s in subj_train for t in rng.sample(STORY_OPENINGS, 2)]
+                             + [essay(e, t) for e in essay_train for t in rng.sample(ESSAY_TEMPLATES, 2)])
+    bench["continuation"] = ([story(s, rng.choice(STORY_OPENINGS)) for s in subj_bench]
+                             + [essay(e, t) for e in essay_bench for t in rng.sample(ESSAY_TEMPLATES, 2)])
+
+    dia_train, dia_bench = split_topics(rng, DIALOGUE_TOPICS, 15)
+    train["dialogue"] = [t.format(topic=d) for d in dia_train for t in rng.sample(DIALOGUE_TEMPLATES, 3)]
+    bench["dialogue"] = [t.format(topic=d) for d in dia_bench for t in rng.sample(DIALOGUE_TEMPLATES, 2)]
+
+    maths = math_prompts(rng, 130 + NUM_BENCH)
+    train["math"], bench["math"] = maths[NUM_BENCH:], maths[:NUM_BENCH]
+
+    for task in bench:
+        rng.shuffle(bench[task])
+        bench[task] = bench[task][:NUM_BENCH]
+        assert not set(bench[task]) & set(train[task]), task
+    return train, bench
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def main() -> None:
+    rng = random.Random(SEED)
+    train, bench = build(rng)
+    train_rows = [{"id": f"train-{task}-{i:03d}", "prompt": p, "task": task}
+                  for task, prompts in train.items() for i, p in enumerate(prompts)]
+    rng.shuffle(train_rows)
+    write_jsonl(HERE / "train_prompts.jsonl", train_rows)
+    mix: list[dict] = []
+    for task in ("code", "continuation", "math", "dialogue"):
+        rows = [{"id": f"{task}-{i:03d}", "prompt": p, "task": task} for i, p in enumerate(bench[task])]
+        write_jsonl(HERE / f"bench_{task}.jsonl", rows)
+        mix += rows
+    write_jsonl(HERE / "bench_mix.jsonl", mix)
+    print(f"train: {len(train_rows)} prompts " + str({t: len(p) for t, p in train.items()}) + f"; bench: {len(mix)}")
+
+
+if __name__ == "__main__":
+    main()

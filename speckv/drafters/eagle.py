@@ -1,0 +1,196 @@
+"""EAGLE-style drafter: a one-layer head over the target's own features.
+
+The head predicts the target's next *feature* (``target.model(...).last_hidden_state``, the input of
+``target.lm_head``) from the current feature and the embedding of the token that follows it:
+
+    f̂_{t+1} = norm(layer(fc([f_t ; e(x_{t+1})])))         logits for x_{t+2} = lm_head(f̂_{t+1})
+
+Committed positions feed the target's real features; positions drafted beyond them feed the head's own
+prediction f̂. The target's ``embed_tokens`` and ``lm_head`` are reused (frozen, not copied). The head may be
+restricted to the first ``draft_vocab`` token ids (BPE ids are roughly ordered by frequency, so this is a
+slice of the LM head, not a copy); logits are still returned over the full vocabulary, ``-inf`` outside, so
+verification stays lossless.
+
+Files: ``model.safetensors`` (fc + decoder layer + norm) and ``eagle.json`` (head config and training
+metadata). No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from speckv.kvcache import RaggedCache
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "eagle.json"
+#: Fields of the target's config the head's decoder layer copies (attention shape, MLP width, RoPE).
+_LAYER_FIELDS = (
+    "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "hidden_act", "rms_norm_eps", "rope_theta", "rope_parameters", "rope_scaling", "max_position_embeddings",
+    "attention_bias", "mlp_bias",
+)
+
+
+def head_config(target_config) -> dict:
+    """The head's decoder config: the target's layer shape, one layer, and a 1-token vocabulary (no embedding copy)."""
+    src = target_config.to_dict()
+    cfg = {k: src[k] for k in _LAYER_FIELDS if src.get(k) is not None}
+    cfg.update(num_hidden_layers=1, vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+               tie_word_embeddings=False)
+    return cfg
+
+
+class EagleHead(nn.Module):
+    """fc over [feature ; token embedding] → one Llama decoder layer → RMSNorm → predicted feature."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.config = dict(config)
+        self.fc = nn.Linear(2 * hidden, hidden, bias=True)
+        self.model = LlamaModel(LlamaConfig(**config))
+
+    def forward(
+        self,
+        features: torch.Tensor,  # [B, L, H] target (or predicted) features
+        token_embeds: torch.Tensor,  # [B, L, H] embeddings of the token after each feature
+        **model_kwargs,  # attention_mask / position_ids / cache for the decoder layer
+    ) -> torch.Tensor:  # [B, L, H] predicted next features
+        x = self.fc(torch.cat([features, token_embeds], dim=-1))
+        return self.model(inputs_embeds=x, **model_kwargs).last_hidden_state
+
+
+class EagleDrafter:
+    """Implements :class:`speckv.drafters.base.Drafter` with an :class:`EagleHead` and a :class:`RaggedCache`."""
+
+    needs_target_hidden = True
+
+    def __init__(self, head: EagleHead, target_model: nn.Module, device: torch.device,
+                 draft_vocab: int | None = None, metadata: dict | None = None) -> None:
+        self.head = head.to(device).eval().requires_grad_(False)
+        self.embed = target_model.get_input_embeddings()
+        self.lm_head = target_model.get_output_embeddings()
+        self.vocab_size = int(self.lm_head.weight.shape[0])
+        self.draft_vocab = draft_vocab if draft_vocab and draft_vocab < self.vocab_size else None
+        self.device = device
+        self.metadata = metadata or {}
+        self.dtype = next(self.head.parameters()).dtype
+        self._reset(0)
+
+    # ---- loading / saving -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, target_model: nn.Module, device: torch.device) -> EagleDrafter:
+        path = Path(path)
+        meta = json.loads((path / META_FILE).read_text())
+        head = EagleHead(meta["head_config"])
+        head.load_state_dict(load_file(path / WEIGHTS_FILE), strict=True)
+        # the head computes in the target's dtype: its features and embeddings arrive in that dtype
+        dtype = target_model.get_output_embeddings().weight.dtype
+        if not dtype.is_floating_point or dtype.itemsize < 2:  # quantized LM head: keep bf16
+            dtype = torch.bfloat16
+        head.to(dtype)
+        return cls(head, target_model, device, draft_vocab=meta.get("draft_vocab"), metadata=meta)
+
+    @staticmethod
+    def save(head: EagleHead, path: str | Path, metadata: dict, dtype: torch.dtype = torch.bfloat16) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to(dtype).contiguous() for k, v in head.state_dict().items()}
+        save_file(state, path / WEIGHTS_FILE)
+        (path / META_FILE).write_text(json.dumps({"head_config": head.config, **metadata}, indent=2) + "\n")
+
+    # ---- the Drafter protocol ---------------------------------------------------------------------------
+    def _reset(self, batch: int) -> None:
+        self.cache = RaggedCache(batch, self.device)
+        self.queue_feat: list[torch.Tensor] = []  # B × [q_b, H] features not yet fed to the head
+        self.queue_tok: list[torch.Tensor] = []  # B × [q_b] the token after each queued feature
+        self.last_pred: torch.Tensor | None = None  # [B, H] the head's latest predicted feature
+        self.draft_slots = 0  # cache slots fed with predicted features since the last commit
+
+    @torch.no_grad()
+    def prefill(self, prompt_ids, first_tokens, hidden) -> None:
+        if hidden is None:
+            raise ValueError("EagleDrafter needs the target's hidden states (needs_target_hidden=True)")
+        assert len(prompt_ids) == len(hidden) == first_tokens.shape[0]
+        self._reset(len(prompt_ids))
+        for ids, feat, first in zip(prompt_ids, hidden, first_tokens.tolist()):
+            assert feat.shape[0] == len(ids), "one feature per prompt position"
+            # pair feature f_t with token x_{t+1}: the prompt shifted by one, then the target's first token
+            self.queue_tok.append(torch.tensor(list(ids[1:]) + [first], dtype=torch.long, device=self.device))
+            self.queue_feat.append(feat.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def draft_logits(self, last_tokens: torch.Tensor | None) -> torch.Tensor:
+        if last_tokens is None:
+            pred = self._feed_queue()
+        else:
+            feats = self.last_pred[:, None, :]  # [B, 1, H]: drafted positions feed the head's own prediction
+            toks = last_tokens.to(self.device)[:, None]
+            pred = self._forward(feats, toks, torch.ones_like(toks, dtype=torch.bool))[:, -1]
+            self.draft_slots += 1
+        self.last_pred = pred
+        return self._logits(pred)
+
+    @torch.no_grad()
+    def commit(self, new_tokens, num_new, hidden) -> None:
+        if hidden is None:
+            raise ValueError("EagleDrafter needs the target's hidden states in commit")
+        if self.draft_slots:  # drafted slots carry predicted features: replace them with the target's real ones
+            self.cache.keep_last(self.draft_slots, torch.zeros_like(self.cache.lengths))
+            self.cache.trim()
+        self.draft_slots = 0
+        self.last_pred = None
+        for b, n in enumerate(num_new.tolist()):
+            self.queue_tok[b] = torch.cat([self.queue_tok[b], new_tokens[b, :n].to(self.device)])
+            self.queue_feat[b] = torch.cat([self.queue_feat[b], hidden[b, :n].to(self.device, self.dtype)])
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        keep = rows.tolist()
+        self.cache.select_rows(rows.to(self.device))
+        self.queue_tok = [self.queue_tok[i] for i in keep]
+        self.queue_feat = [self.queue_feat[i] for i in keep]
+        if self.last_pred is not None:
+            self.last_pred = self.last_pred[rows.to(self.device)]
+
+    # ---- internals --------------------------------------------------------------------------------------
+    def _feed_queue(self) -> torch.Tensor:  # [B, H] prediction at each row's last queued position
+        lengths = [int(t.shape[0]) for t in self.queue_tok]
+        if min(lengths) < 1:
+            raise RuntimeError("draft_logits(None) with an empty queue: commit at least one token per row first")
+        width = max(lengths)
+        batch = len(lengths)
+        toks = torch.zeros(batch, width, dtype=torch.long, device=self.device)
+        feats = torch.zeros(batch, width, self.embed.weight.shape[1], dtype=self.dtype, device=self.device)
+        valid = torch.zeros(batch, width, dtype=torch.bool, device=self.device)
+        for b, n in enumerate(lengths):  # right-padded: the padding slots become holes in the cache
+            toks[b, :n], feats[b, :n], valid[b, :n] = self.queue_tok[b], self.queue_feat[b], True
+        out = self._forward(feats, toks, valid)
+        last = torch.tensor(lengths, device=self.device) - 1
+        self.queue_tok = [t[:0] for t in self.queue_tok]
+        self.queue_feat = [f[:0] for f in self.queue_feat]
+        return out[torch.arange(batch, device=self.device), last]
+
+    def _forward(self, feats: torch.Tensor, toks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        inputs = self.cache.model_inputs(toks, valid)
+        return self.head(
+            feats,
+            self.embed(toks).to(self.dtype),
+            attention_mask=inputs["attention_mask"],
+            position_ids=inputs["position_ids"],
+            cache=inputs["past_key_values"],
+            use_cache=True,
+        )
+
+    def _logits(self, pred: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, V] float32
+        weight = self.lm_head.weight
+        if self.draft_vocab is None:
+            return self.lm_head(pred.to(weight.dtype)).float()
+        logits = torch.full((pred.shape[0], self.vocab_size), float("-inf"), device=self.device)
+        logits[:, : self.draft_vocab] = nn.functional.linear(pred.to(weight.dtype), weight[: self.draft_vocab]).float()
+        return logits

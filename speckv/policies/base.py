@@ -1,0 +1,75 @@
+"""The γ-policy protocol: per sequence, per step, decide how many tokens to draft.
+
+A policy answers two questions, batched over the live sequences of a step:
+
+``budget``         before drafting: at most how many tokens may row b draft this step (0 = plain decoding)?
+``keep_drafting``  once the draft's distribution for position ``pos`` is known (its top-1 probability and entropy),
+                   should row b propose that token, or stop here?
+
+and then ``observe``s the outcome (drafted and accepted counts). It sees only what is known at decision time:
+the draft's signals up to the current position, the acceptance history of earlier steps, the position in the
+draft, the target's compression level, and the measured costs — never the target's verdict on this step.
+
+Per-sequence state lives in ``ctx.state`` (tensors with the batch as first dimension), so the engine can drop
+finished rows without knowing what a policy keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from speckv.costs import CostModel
+
+
+@dataclass
+class StepContext:
+    batch_size: int  # live sequences in this step
+    context_len: torch.Tensor  # [B] tokens in each sequence (prompt + generated)
+    num_generated: torch.Tensor  # [B] tokens generated so far
+    last_num_draft: torch.Tensor  # [B] γ used in the previous step (0 before the first)
+    last_num_accepted: torch.Tensor  # [B] accepted in the previous step
+    accept_rate_ema: torch.Tensor  # [B] EMA of per-token acceptance over earlier steps (prior 0.5)
+    compression: str  # target compression level: fp32 | bf16 | fp16 | int8 | nf4
+    costs: CostModel | None  # measured draft/verify costs, when the policy asked for them
+    gamma_max: int  # hard bound on γ for this engine
+    # per-position draft signals of the current step, filled as drafting proceeds: [B, pos]
+    top1_history: list[torch.Tensor] = field(default_factory=list)
+    entropy_history: list[torch.Tensor] = field(default_factory=list)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class GammaPolicy(Protocol):
+    name: str
+    #: True when the policy needs measured costs (the engine then calibrates them once, cached on disk)
+    needs_costs: bool
+
+    def init_state(self, ctx: StepContext) -> None: ...
+
+    def budget(self, ctx: StepContext) -> torch.Tensor:  # [B] int64 in [0, gamma_max]
+        ...
+
+    def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        """[B] bool: propose the token at draft position ``pos`` (0-based) whose draft top-1 prob/entropy are given."""
+        ...
+
+    def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None: ...
+
+
+class StaticPolicy:
+    """Shared no-op parts: no state, no costs, propose every budgeted token."""
+
+    name = "static"
+    needs_costs = False
+
+    def init_state(self, ctx: StepContext) -> None:
+        return None
+
+    def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(top1, dtype=torch.bool)
+
+    def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
+        return None

@@ -1,0 +1,91 @@
+"""Verification as pure, batched, ragged functions.
+
+Notation (as in the speculative-sampling papers and gpt-fast): ``q`` is the draft's distribution, ``p`` the
+target's. Each row b proposes ``num_draft[b]`` tokens (0 ≤ num_draft ≤ K; columns past it are padding).
+
+Glossary (vLLM's): *accepted* tokens are the drafted prefix the target keeps; after the first rejection the target
+emits a *recovered* token sampled from norm(max(0, p − q)); when every draft is accepted it emits a *bonus* token
+sampled from p at the next position. Either way a step commits ``num_accepted + 1`` tokens.
+
+Greedy decoding is the same rule with one-hot distributions (see :func:`to_probs`): accepting with probability
+min(1, p/q) then means "accept while draft == target argmax", and the recovered token is the target's argmax, so
+one code path serves both and greedy output is exactly the target's own.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def to_probs(
+    logits: torch.Tensor,  # [B, ..., V]
+    temperature: torch.Tensor,  # [B] 0 = greedy
+    top_k: torch.Tensor,  # [B] 0 = off
+    top_p: torch.Tensor,  # [B] 1 = off
+) -> torch.Tensor:  # [B, ..., V] float32 probabilities
+    """The distribution a request samples from: temperature, then top-k, then top-p; one-hot argmax if greedy.
+
+    Applied identically to draft and target logits, so that speculative sampling reproduces the *processed*
+    target distribution exactly.
+    """
+    batch, vocab = logits.shape[0], logits.shape[-1]
+    assert temperature.shape == top_k.shape == top_p.shape == (batch,)
+    view = (batch,) + (1,) * (logits.dim() - 1)  # broadcast per-row parameters
+    logits = logits.float()
+    greedy = (temperature == 0).view(view)
+    scaled = logits / torch.where(temperature == 0, 1.0, temperature).view(view)
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
+    if bool((k < vocab).any()) or bool((top_p < 1).any()):
+        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
+        rank = torch.arange(vocab, device=logits.device)
+        drop = rank >= k.view(view)  # top-k
+        sorted_probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
+        # top-p: drop a token when the tokens ranked above it already reach top_p (the first always stays)
+        drop |= (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= top_p.view(view)
+        scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(scaled, dim=-1)
+    one_hot = torch.nn.functional.one_hot(logits.argmax(dim=-1), vocab).float()
+    return torch.where(greedy, one_hot, probs)
+
+
+def sample(
+    probs: torch.Tensor,  # [B, V] (rows need not be normalised)
+    uniforms: torch.Tensor,  # [B] in [0, 1)
+) -> torch.Tensor:  # [B] token ids
+    """Inverse-CDF sampling: the randomness is a per-row uniform, so each row's draws depend on its own seed only."""
+    cdf = torch.cumsum(probs, dim=-1)
+    target = uniforms.to(cdf.dtype) * cdf[:, -1]
+    token = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
+    return token.clamp(max=probs.shape[-1] - 1)
+
+
+def verify(
+    draft_tokens: torch.Tensor,  # [B, K] proposed tokens (padding past num_draft)
+    num_draft: torch.Tensor,  # [B] real proposals per row, 0..K
+    q: torch.Tensor,  # [B, K, V] draft distributions the proposals were sampled from
+    p: torch.Tensor,  # [B, K+1, V] target distributions at the K+1 verified positions
+    uniforms: torch.Tensor,  # [B, K+1] accept draws for the K positions, last column for the final token
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # num_accepted [B], next_token [B], accept [B, K]
+    """Lossless speculative verification (Leviathan et al. 2023; Chen et al. 2023), ragged over rows.
+
+    Returns the accepted-prefix length, the recovered/bonus token, and each position's own accept test (only the
+    prefix up to the first failure affects the output; the rest is kept for telemetry).
+    """
+    batch, k = draft_tokens.shape
+    assert num_draft.shape == (batch,) and q.shape[:2] == (batch, k) and p.shape[:2] == (batch, k + 1)
+    assert uniforms.shape == (batch, k + 1)
+    rows = torch.arange(batch, device=p.device)
+    p_draft = p[:, :k].gather(-1, draft_tokens[..., None]).squeeze(-1)  # [B, K] p(x) of each proposal
+    q_draft = q.gather(-1, draft_tokens[..., None]).squeeze(-1)  # [B, K] q(x)
+    # accept x with probability min(1, p(x)/q(x))  ⇔  u·q(x) < p(x)
+    accept = (uniforms[:, :k] * q_draft < p_draft) & (torch.arange(k, device=p.device) < num_draft[:, None])
+    num_accepted = torch.cumprod(accept.long(), dim=1).sum(dim=1)  # length of the accepted prefix
+    # final token: recovered from norm(max(0, p − q)) after a rejection, bonus from p when all were accepted
+    p_next = p[rows, num_accepted]  # [B, V]
+    rejected = num_accepted < num_draft
+    q_next = torch.where(rejected[:, None], q[rows, num_accepted.clamp(max=max(k - 1, 0))] if k else 0.0, 0.0)
+    residual = (p_next - q_next).clamp(min=0)
+    # p == q up to rounding leaves no residual mass; the rejection then had probability ~0, so p is exact enough
+    empty = residual.sum(dim=-1, keepdim=True) <= 1e-12
+    residual = torch.where(empty, p_next, residual)
+    return num_accepted, sample(residual, uniforms[:, k]), accept
