@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models built from configs (fast), and the real embedded tokenizer (offline)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_llama(seed: int, layers: int = 2, vocab: int = 49152, hidden: int = 64):
+    """A random LlamaForCausalLM small enough for CPU tests; large init so logits are far from ties."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def related_draft(target, seed: int = 1, noise: float = 0.0):
+    """A 1-layer draft sharing the target's embeddings and first layer: partial agreement, like a real draft."""
+    draft = tiny_llama(seed, layers=1, vocab=target.config.vocab_size, hidden=target.config.hidden_size)
+    draft.model.embed_tokens.weight.data.copy_(target.model.embed_tokens.weight.data)
+    draft.model.layers[0].load_state_dict(target.model.layers[0].state_dict())
+    draft.model.norm.load_state_dict(target.model.norm.state_dict())
+    if noise:
+        with torch.no_grad():
+            for p in draft.model.layers[0].parameters():
+                p.add_(noise * torch.randn_like(p))
+    return draft
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from speckv.models import load_tokenizer
+
+    return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_dirs(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
+    """A tiny random target and a related tiny draft saved as ordinary HF checkpoints with the real tokenizer."""
+    root = tmp_path_factory.mktemp("tiny_pair")
+    target = tiny_llama(0)
+    draft = related_draft(target)
+    for name, model in (("target", target), ("draft", draft)):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root / "target", root / "draft"
