@@ -133,11 +133,8 @@ class SpecEngine:
         self.policy: GammaPolicy = build_policy(config.policy)
         if drafter is None and self.gamma_max > 0:
             drafter = build_drafter(config.draft, target, config.target, self.device)
-            if config.draft.kind == "lm":
-                from speckv.distill import draft_lm_dir
-
-                source = str(draft_lm_dir()) if config.draft.source == "embedded" else config.draft.source
-                models.check_same_tokenizer(self.tokenizer, models.load_tokenizer(source))
+            if config.draft.kind == "lm" and config.draft.source != "embedded":  # the embedded draft is ours
+                models.check_same_tokenizer(self.tokenizer, models.load_tokenizer(config.draft.source))
         self.drafter = drafter
         self.max_context = config.max_context or getattr(target.config, "max_position_embeddings", 2048)
         self.eos_ids = self._eos_ids()

@@ -9,8 +9,14 @@ gathered, left-aligned to the right edge) when holes outgrow the valid tokens.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import LlamaModel
+
+# transformers renamed `past_key_values` to `cache` (deprecated from 5.2x, removed in 5.40)
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 class RaggedCache:
@@ -38,7 +44,7 @@ class RaggedCache:
             "attention_mask": self.valid.long(),
             "position_ids": positions.clamp(min=0),
             "cache_position": torch.arange(past, past + input_ids.shape[1], device=self.device),
-            "past_key_values": self.kv,
+            CACHE_KWARG: self.kv,
             "use_cache": True,
         }
 
