@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
-from speckv.kvcache import RaggedCache
+from speckv.kvcache import CACHE_KWARG, RaggedCache
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "eagle.json"
@@ -54,7 +54,8 @@ class EagleHead(nn.Module):
         hidden = config["hidden_size"]
         self.config = dict(config)
         self.fc = nn.Linear(2 * hidden, hidden, bias=True)
-        self.model = LlamaModel(LlamaConfig(**config))
+        # sdpa: takes the boolean 4-D masks of training-time test as well as the ragged 2-D masks at inference
+        self.model = LlamaModel(LlamaConfig(**config, attn_implementation="sdpa"))
 
     def forward(
         self,
@@ -183,8 +184,8 @@ class EagleDrafter:
             self.embed(toks).to(self.dtype),
             attention_mask=inputs["attention_mask"],
             position_ids=inputs["position_ids"],
-            cache=inputs["past_key_values"],
             use_cache=True,
+            **{CACHE_KWARG: inputs[CACHE_KWARG]},
         )
 
     def _logits(self, pred: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, V] float32
