@@ -1,0 +1,205 @@
+"""Hindsight oracle: how fast the logged steps could have been with perfect foresight of acceptance.
+
+Pure functions over step telemetry (``speckv.telemetry.STEP_SCHEMA``; a pandas DataFrame or a pyarrow Table in,
+DataFrames and numbers out), shared by ``speckv analyze``, the benchmark and selector training.
+
+Glossary, written down once:
+
+* **batch step** — one draft → verify → accept round of the engine. Its rows (one per live request) share
+  ``actor_id``, ``draft_ms`` and ``verify_ms`` exactly; a ``batch_step_id`` column is used instead when present.
+* **observed ms** of a batch step = ``draft_ms + verify_ms + Σ decision_ms`` (measured). Each row is charged an
+  equal share of the step's draft and verify time plus its own decision time, so summing the shares over any
+  grouping (policy, task, …) gives time that adds up to the steps' wall time. Prefill and the first token are not
+  in the telemetry, so tokens/s here is decode-step throughput.
+* **oracle** — replays the same trajectory but drafts, for every row, exactly the number of tokens that were
+  accepted (``a = num_accepted_tokens``, capped by what was drafted, since nothing beyond is known). It emits the
+  same ``a + 1`` tokens per step with zero wasted drafts, spends no time deciding, and pays
+  ``draft(B) · max_b a_b + verify(B, 1 + max_b a_b)`` per batch step: the batched draft runs as many forwards as
+  the longest row needs and the verify forward is as wide as the widest row.
+* **costs** — ``draft(B)`` ms per draft forward and ``verify(B, T)`` ms for a forward of ``B`` rows × ``T``
+  tokens; a :class:`speckv.costs.CostModel` (measured by calibration) or one fitted from the telemetry itself by
+  :func:`fit_costs`.
+* **gap** = oracle tokens/s ÷ observed tokens/s − 1: the speed a γ-policy leaves on the table.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from speckv.costs import CostModel
+
+#: columns the oracle reads
+REQUIRED_COLUMNS = ("actor_id", "batch_size", "num_draft_tokens", "num_accepted_tokens", "num_emitted_tokens",
+                    "draft_ms", "verify_ms", "decision_ms", "max_tokens_verified")
+#: rows with equal values here were measured under one cost regime, so they share one fitted cost model
+COST_GROUP = ("compression", "device", "drafter")
+
+
+class Costs(Protocol):
+    def draft(self, batch: int) -> float: ...
+
+    def verify(self, batch: int, tokens: int) -> float: ...
+
+
+def as_frame(steps: pd.DataFrame | pa.Table) -> pd.DataFrame:
+    frame = steps.to_pandas() if isinstance(steps, pa.Table) else steps
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"telemetry lacks column(s) {missing}; expected the STEP_SCHEMA of speckv.telemetry")
+    return frame
+
+
+def step_ids(steps: pd.DataFrame) -> pd.Series:
+    """A batch-step id per row (see the glossary): rows of one batched engine step get the same integer."""
+    if "batch_step_id" in steps.columns and steps["batch_step_id"].notna().all():
+        keys = ["actor_id", "batch_step_id"]
+    else:
+        keys = ["actor_id", "draft_ms", "verify_ms"]
+    keys += [c for c in ("policy", *COST_GROUP) if c in steps.columns]
+    return steps.groupby(keys, sort=False, dropna=False).ngroup().rename("batch_step")
+
+
+def batch_steps(steps: pd.DataFrame | pa.Table) -> pd.DataFrame:
+    """One row per batch step: B (live rows), k (draft forwards = max γ), T (tokens verified per row), times, and
+    ``oracle_k`` (max accepted drafts over the rows), indexed by the ``batch_step`` id of :func:`step_ids`."""
+    frame = as_frame(steps)
+    accepted = np.minimum(frame["num_accepted_tokens"], frame["num_draft_tokens"])
+    work = pd.DataFrame({
+        "batch_step": step_ids(frame),
+        "B": frame["batch_size"],
+        "k": frame["num_draft_tokens"],
+        "oracle_k": accepted,
+        "T": frame["max_tokens_verified"],
+        "draft_ms": frame["draft_ms"].astype("float64"),
+        "verify_ms": frame["verify_ms"].astype("float64"),
+        "decision_ms": frame["decision_ms"].astype("float64"),
+        "rows": 1,
+        **{c: frame[c] for c in COST_GROUP if c in frame.columns},
+    })
+    agg = {"B": "max", "k": "max", "oracle_k": "max", "T": "max", "draft_ms": "first", "verify_ms": "first",
+           "decision_ms": "sum", "rows": "sum", **{c: "first" for c in COST_GROUP if c in frame.columns}}
+    return work.groupby("batch_step", sort=True).agg(agg)
+
+
+def fit_costs(steps: pd.DataFrame | pa.Table, gamma_max: int | None = None) -> CostModel:
+    """Fit draft and verify cost from the telemetry of *one* cost regime (one compression/device/drafter).
+
+    verify(B, T): the median ``verify_ms`` of each observed (B, T) cell, linearly interpolated between observed T;
+    outside them extended with the within-batch-size least-squares slope in T (clipped at ≥ 0; flat when the data
+    has a single T per batch size, which under-states the oracle's saving rather than inventing one).
+    draft(B): ms per draft forward, least squares through the origin of ``draft_ms`` on the step's draft forwards.
+    """
+    bs = batch_steps(steps)
+    if bs.empty:
+        raise ValueError("no steps to fit costs from")
+    cells = bs.groupby(["B", "T"])["verify_ms"].agg(["median", "size"]).reset_index()
+    # within-B slope: each batch size keeps its own intercept, all share one slope in T (cells weighted by steps)
+    weight = cells.groupby("B")["size"].transform("sum")
+    mean_t = (cells["size"] * cells["T"]).groupby(cells["B"]).transform("sum") / weight
+    mean_v = (cells["size"] * cells["median"]).groupby(cells["B"]).transform("sum") / weight
+    dt, dv = cells["T"] - mean_t, cells["median"] - mean_v
+    denom = float((cells["size"] * dt * dt).sum())
+    slope = max(float((cells["size"] * dt * dv).sum()) / denom, 0.0) if denom > 0 else 0.0
+
+    batch_sizes = sorted(int(b) for b in cells["B"].unique())
+    t_max = max(int(cells["T"].max()), (gamma_max or 0) + 1, 2)
+    tokens = list(range(1, t_max + 1))
+    verify_grid = []
+    for b in batch_sizes:
+        known = cells[cells["B"] == b].sort_values("T")
+        kt, kv = known["T"].to_numpy(float), known["median"].to_numpy(float)
+        row = np.interp(tokens, kt, kv)  # flat outside [kt[0], kt[-1]]; replaced by the slope below
+        t = np.asarray(tokens, float)
+        row = np.where(t < kt[0], kv[0] - slope * (kt[0] - t), row)
+        row = np.where(t > kt[-1], kv[-1] + slope * (t - kt[-1]), row)
+        verify_grid.append([max(float(v), 0.0) for v in row])
+
+    drafting = bs[bs["k"] > 0]
+    per_b = {}
+    for b, g in drafting.groupby("B"):
+        k = g["k"].to_numpy(float)
+        per_b[int(b)] = float((k * g["draft_ms"].to_numpy(float)).sum() / (k * k).sum())
+    if per_b:
+        known_b = sorted(per_b)
+        draft_grid = [float(np.interp(b, known_b, [per_b[x] for x in known_b])) for b in batch_sizes]
+    else:  # nothing was drafted (plain decoding): the oracle never drafts either
+        draft_grid = [0.0] * len(batch_sizes)
+    return CostModel(batch_sizes=batch_sizes, tokens=tokens, verify_ms=verify_grid, draft_ms=draft_grid)
+
+
+def _cost_groups(frame: pd.DataFrame) -> list[str]:
+    return [c for c in COST_GROUP if c in frame.columns]
+
+
+def replay(steps: pd.DataFrame | pa.Table, costs: Costs | None = None) -> pd.DataFrame:
+    """The telemetry rows with per-row time shares added (glossary above):
+
+    ``batch_step``, ``step_rows``, ``observed_ms`` (measured), ``observed_draft_ms``, ``observed_verify_ms``,
+    ``modelled_ms`` (the observed steps re-costed with the cost model: a check of the fit), ``oracle_ms``,
+    ``oracle_draft_tokens`` and ``wasted_draft_tokens``.
+
+    ``costs=None`` fits one cost model per (compression, device, drafter) group from the telemetry itself.
+    """
+    frame = as_frame(steps).copy()
+    if frame.empty:
+        raise ValueError("no telemetry rows")
+    frame["batch_step"] = step_ids(frame)
+    bs = batch_steps(frame)
+    if costs is None:
+        keys = _cost_groups(frame)
+        models = {}
+        for key, group in (frame.groupby(keys, dropna=False, sort=False) if keys else [((), frame)]):
+            gmax = int(group["gamma_max"].max()) if "gamma_max" in group.columns else None
+            model = fit_costs(group, gmax)
+            key = key if isinstance(key, tuple) else (key,)
+            models[key] = model
+        cost_of = {sid: models[tuple(row[c] for c in keys)] for sid, row in bs.iterrows()}
+    else:
+        cost_of = dict.fromkeys(bs.index, costs)
+    modelled, oracle = [], []
+    for sid, s in bs.iterrows():
+        c = cost_of[sid]
+        b = int(s["B"])
+        modelled.append(c.draft(b) * s["k"] + c.verify(b, int(s["T"])))
+        oracle.append(c.draft(b) * s["oracle_k"] + c.verify(b, int(s["oracle_k"]) + 1))
+    bs = bs.assign(modelled_step_ms=modelled, oracle_step_ms=oracle)
+
+    per_step = bs.loc[frame["batch_step"]].reset_index(drop=True)
+    per_step.index = frame.index
+    n = per_step["rows"].astype(float)
+    frame["step_rows"] = per_step["rows"]
+    frame["observed_draft_ms"] = per_step["draft_ms"] / n
+    frame["observed_verify_ms"] = per_step["verify_ms"] / n
+    frame["observed_ms"] = frame["observed_draft_ms"] + frame["observed_verify_ms"] + frame["decision_ms"]
+    frame["modelled_ms"] = per_step["modelled_step_ms"] / n + frame["decision_ms"]
+    frame["oracle_ms"] = per_step["oracle_step_ms"] / n
+    frame["oracle_draft_tokens"] = np.minimum(frame["num_accepted_tokens"], frame["num_draft_tokens"])
+    frame["wasted_draft_tokens"] = frame["num_draft_tokens"] - frame["oracle_draft_tokens"]
+    return frame
+
+
+def gap_table(replayed: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Observed vs oracle tokens/s per group of :func:`replay`'s rows (one row, index ``all``, when ``by`` is empty)."""
+    cols = ["num_emitted_tokens", "observed_ms", "modelled_ms", "oracle_ms", "num_draft_tokens", "wasted_draft_tokens"]
+    grouped = replayed.groupby(by, dropna=False)[cols].sum() if by else replayed[cols].sum().to_frame("all").T
+    tok = grouped["num_emitted_tokens"]
+    out = pd.DataFrame({
+        "tokens": tok,
+        "observed_tok_s": 1e3 * tok / grouped["observed_ms"],
+        "modelled_tok_s": 1e3 * tok / grouped["modelled_ms"],
+        "oracle_tok_s": 1e3 * tok / grouped["oracle_ms"],
+        "wasted_draft_frac": grouped["wasted_draft_tokens"] / grouped["num_draft_tokens"].where(
+            grouped["num_draft_tokens"] > 0),
+    })
+    out["gap"] = out["oracle_tok_s"] / out["observed_tok_s"] - 1
+    return out
+
+
+def oracle_gap(steps: pd.DataFrame | pa.Table, costs: Costs | None = None) -> dict[str, float]:
+    """Headline numbers over all rows: observed, modelled and oracle tokens/s, the gap, and the wasted-draft share."""
+    row = gap_table(replay(steps, costs)).iloc[0]
+    return {k: float(v) for k, v in row.items()}
