@@ -114,10 +114,11 @@ class SpecEngine:
         target: torch.nn.Module | None = None,
         tokenizer=None,
         drafter: Drafter | None = None,
+        policy: GammaPolicy | None = None,
         device: torch.device | None = None,
         actor_id: str | None = None,
     ) -> None:
-        """Load what ``config`` names; tests may inject an already built ``target``/``tokenizer``/``drafter``."""
+        """Load what ``config`` names; an already built target, tokenizer, drafter or policy may be injected."""
         from speckv import models
 
         self.config = config
@@ -130,7 +131,7 @@ class SpecEngine:
         self.tokenizer = tokenizer or models.load_tokenizer(config.target.source, config.target.gguf_file)
         self.vocab_size = target.config.vocab_size
         self.gamma_max = config.policy.max_gamma
-        self.policy: GammaPolicy = build_policy(config.policy)
+        self.policy: GammaPolicy = policy or build_policy(config.policy)
         if drafter is None and self.gamma_max > 0:
             drafter = build_drafter(config.draft, target, config.target, self.device)
             if config.draft.kind == "lm" and config.draft.source != "embedded":  # the embedded draft is ours

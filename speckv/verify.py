@@ -41,7 +41,7 @@ def to_probs(
         drop = rank >= k.view(view)  # top-k
         sorted_probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
         # top-p: drop a token when the tokens ranked above it already reach top_p (the first always stays)
-        drop |= (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= top_p.view(view)
+        drop = drop | ((torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= top_p.view(view))
         scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = torch.softmax(scaled, dim=-1)
     one_hot = torch.nn.functional.one_hot(logits.argmax(dim=-1), vocab).float()

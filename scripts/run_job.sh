@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Fresh machine -> the main job: sets up .venv if needed, starts a local Ray head if none is running, submits
+# the Ray Data batch job on the embedded default pair over the benchmark prompt mix, and stops the Ray it started.
+# Outputs: runs/batch/outputs/*.parquet and runs/batch/telemetry/*.parquet. Extra arguments go to the job.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+started=0
+if ! ray status >/dev/null 2>&1; then
+  ray start --head --num-cpus="$(nproc)" --disable-usage-stats >/dev/null
+  started=1
+fi
+trap '[ "$started" = 1 ] && ray stop >/dev/null 2>&1 || true' EXIT
+ray job submit --working-dir . -- python jobs/batch_generate.py \
+  --input speckv/data/bench_mix.jsonl --output "$ROOT/runs/batch" "$@"

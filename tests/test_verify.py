@@ -1,0 +1,100 @@
+"""Exact cases with hand-built logits: the verification rule, ragged, greedy and sampled."""
+
+from __future__ import annotations
+
+import torch
+
+from speckv.verify import sample, to_probs, verify
+
+V = 6
+
+
+def one_hot(*tokens: int) -> torch.Tensor:  # [len, V]
+    return torch.nn.functional.one_hot(torch.tensor(tokens), V).float()
+
+
+def greedy_case(draft: list[int], target_argmax: list[int]):
+    """One row: drafted tokens vs the target's argmax at each of the len(draft)+1 positions."""
+    k = len(draft)
+    q = one_hot(*draft)[None] if k else torch.zeros(1, 0, V)
+    p = one_hot(*target_argmax)[None]
+    tokens = torch.tensor([draft], dtype=torch.long).reshape(1, k)
+    return verify(tokens, torch.tensor([k]), q, p, torch.zeros(1, k + 1))
+
+
+def test_perfect_match_accepts_all_and_adds_bonus():
+    n, nxt, accept = greedy_case([1, 2, 3], [1, 2, 3, 4])
+    assert n.item() == 3 and nxt.item() == 4
+    assert accept.tolist() == [[True, True, True]]
+
+
+def test_first_token_mismatch_recovers_target_token():
+    n, nxt, _ = greedy_case([5, 2, 3], [1, 2, 3, 4])
+    assert n.item() == 0 and nxt.item() == 1
+
+
+def test_mid_mismatch_keeps_prefix():
+    n, nxt, accept = greedy_case([1, 2, 0], [1, 2, 3, 4])
+    assert n.item() == 2 and nxt.item() == 3
+    assert accept.tolist() == [[True, True, False]]
+
+
+def test_empty_draft_is_plain_decoding():
+    n, nxt, accept = greedy_case([], [4])
+    assert n.item() == 0 and nxt.item() == 4 and accept.shape == (1, 0)
+
+
+def test_ragged_batch_rows_are_independent():
+    # row 0: 3 drafted, all right (bonus); row 1: 1 drafted, wrong; row 2: nothing drafted; row 3: 2 of 3 right
+    draft = torch.tensor([[1, 2, 3], [0, 0, 0], [0, 0, 0], [3, 3, 1]])
+    num_draft = torch.tensor([3, 1, 0, 3])
+    q = torch.nn.functional.one_hot(draft, V).float()
+    target = torch.tensor([[1, 2, 3, 4], [5, 1, 1, 1], [2, 0, 0, 0], [3, 3, 0, 5]])
+    p = torch.nn.functional.one_hot(target, V).float()
+    n, nxt, _ = verify(draft, num_draft, q, p, torch.zeros(4, 4))
+    assert n.tolist() == [3, 0, 0, 2]
+    assert nxt.tolist() == [4, 5, 2, 0]
+
+
+def test_padding_past_num_draft_is_ignored():
+    # the padding column holds the target's token, but num_draft=1 means it was never proposed
+    draft = torch.tensor([[2, 4]])
+    p = one_hot(2, 3, 1)[None]
+    q = one_hot(2, 4)[None]
+    n, nxt, _ = verify(draft, torch.tensor([1]), q, p, torch.zeros(1, 3))
+    assert n.item() == 1 and nxt.item() == 3  # bonus from position 1, not a verdict on column 1
+
+
+def test_sampled_acceptance_follows_p_over_q():
+    # p(x)=0.3, q(x)=0.6: accept iff u < 0.5
+    p = torch.tensor([[[0.3, 0.7, 0, 0, 0, 0], [1.0, 0, 0, 0, 0, 0]]])
+    q = torch.tensor([[[0.6, 0.4, 0, 0, 0, 0]]])
+    draft = torch.tensor([[0]])
+    accepted, _, _ = verify(draft, torch.tensor([1]), q, p, torch.tensor([[0.49, 0.5]]))
+    rejected, recovered, _ = verify(draft, torch.tensor([1]), q, p, torch.tensor([[0.51, 0.5]]))
+    assert accepted.item() == 1 and rejected.item() == 0
+    assert recovered.item() == 1  # residual max(0, p − q) has all its mass on token 1
+
+
+def test_bonus_is_sampled_from_target_next_position():
+    p = torch.tensor([[[1.0, 0, 0, 0, 0, 0], [0, 0, 0.5, 0.5, 0, 0]]])
+    q = torch.tensor([[[1.0, 0, 0, 0, 0, 0]]])
+    draft = torch.tensor([[0]])
+    _, low, _ = verify(draft, torch.tensor([1]), q, p, torch.tensor([[0.0, 0.25]]))
+    _, high, _ = verify(draft, torch.tensor([1]), q, p, torch.tensor([[0.0, 0.75]]))
+    assert (low.item(), high.item()) == (2, 3)
+
+
+def test_to_probs_greedy_is_one_hot_and_filters_apply():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0, 0.0]] * 3)
+    probs = to_probs(logits, torch.tensor([0.0, 1.0, 1.0]), torch.tensor([0, 2, 0]), torch.tensor([1.0, 1.0, 0.5]))
+    assert probs[0].tolist() == [1, 0, 0, 0, 0, 0]
+    assert (probs[1] > 0).tolist() == [True, True, False, False, False, False]  # top-k=2
+    assert abs(probs[1].sum().item() - 1) < 1e-6
+    full = torch.softmax(logits[2], -1)
+    assert full[0] >= 0.5 and (probs[2] > 0).tolist() == [True, False, False, False, False, False]  # top-p=0.5
+
+
+def test_inverse_cdf_sampling_skips_zero_mass():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0, 0]] * 3)
+    assert sample(probs, torch.tensor([0.0, 0.49, 0.99])).tolist() == [1, 1, 3]
