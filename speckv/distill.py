@@ -30,7 +30,6 @@ import random
 import shlex
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,13 +41,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from speckv.config import EMBEDDED, ModelSpec
-from speckv.drafters.eagle import EagleDrafter, EagleHead, head_config
+from speckv.drafters.eagle import META_FILE as EAGLE_META
+from speckv.drafters.eagle import EagleDrafter, EagleHead, default_eagle_path, head_config
 from speckv.kvcache import CACHE_KWARG
 from speckv.models import ASSETS, _file_lock, cache_dir, load_causal_lm, load_tokenizer, resolve_source
 
 DATA_DIR = Path(__file__).parent / "data"
 DRAFT_LM_ASSET = ASSETS / "draft_lm"
-EAGLE_ASSET = ASSETS / "eagle"
+EAGLE_ASSET = default_eagle_path()
 RECIPE_FILE = "recipe.json"
 TRAINED_FILE = "trained.safetensors"
 
@@ -223,9 +223,13 @@ def ttt_forward(head: EagleHead, feats: torch.Tensor, embeds: torch.Tensor, dept
     return preds
 
 
-def eagle_loss(head: EagleHead, target, toks, feats, prompt, lens, depth: int, feat_weight: float):
-    """KL + feat_weight · smooth-L1 averaged over draft depths 1..depth, on answer positions only."""
-    weight = target.get_output_embeddings().weight
+def eagle_loss(head: EagleHead, target, toks, feats, prompt, lens, depth: int, feat_weight: float,
+               draft_vocab: int | None = None):
+    """KL + feat_weight · smooth-L1 averaged over draft depths 1..depth, on answer positions only.
+
+    With ``draft_vocab`` the KL is over the head's restricted vocabulary (the target renormalised on it), as the
+    head drafts at inference; that also makes the LM-head matmuls, the bulk of a step, several times cheaper."""
+    weight = target.get_output_embeddings().weight[:draft_vocab]
     embeds = target.get_input_embeddings()(toks).float()  # [B, W, H]
     total, stats = 0.0, {}
     for d, pred in enumerate(ttt_forward(head, feats, embeds, depth)):
@@ -420,6 +424,13 @@ def simulate_eagle(drafter: EagleDrafter, corpus: Corpus, gamma: int, batch_size
     return per_task
 
 
+def crop(cache, length: int) -> None:
+    """Keep the first ``length`` tokens of a DynamicCache (a negative argument means "remove" in every version)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 @torch.no_grad()
 def simulate_lm(draft, corpus: Corpus, gamma: int, limit: int | None = None) -> dict[str, Acceptance]:
     """Greedy γ-step drafting with a standalone LM (batch 1, KV cache cropped to the committed prefix)."""
@@ -445,7 +456,7 @@ def simulate_lm(draft, corpus: Corpus, gamma: int, limit: int | None = None) -> 
             per_task.setdefault(corpus.tasks[i], Acceptance()).add(k, a)
             fed = pos + 1 + max(k - 1, 0)  # tokens now in the cache (the last draft was never fed)
             cached = min(fed, pos + 1 + a)  # accepted drafts equal the answer, so their cache entries stay
-            cache.crop(cached)
+            crop(cache, cached)
             pos += a + 1
     return per_task
 
@@ -465,7 +476,7 @@ def measure_eagle_cost(drafter: EagleDrafter, target, corpus: Corpus, repeats: i
         t0 = time.perf_counter()
         target(input_ids=toks[None, ctx:], use_cache=True, **{CACHE_KWARG: cache})
         target_ms.append((time.perf_counter() - t0) * 1e3)
-        cache.crop(ctx)
+        crop(cache, ctx)
     drafter.prefill([toks[:ctx].tolist()], toks[ctx:], [corpus.features[i][:ctx]])
     first = drafter.draft_logits(None).argmax(-1)
     draft_ms = []
@@ -514,8 +525,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trained-layers", type=str, default="28,29", help="lm: target layers to start from, trained")
     parser.add_argument("--gamma", type=int, default=4, help="γ of the acceptance measurement")
     parser.add_argument("--eval-prompts", type=int, default=None, help="lm: bench prompts to measure (default all)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="measure the draft already in --output (no training); updates its metadata")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The equivalent ``speckv distill`` invocation, every option spelled out."""
+    parts = ["speckv", "distill"]
+    for key, value in vars(args).items():
+        if value is None or key == "func":
+            continue
+        parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def evaluate(kind: str, output: Path, target, device, bench: Corpus, args: argparse.Namespace) -> dict:
+    """Acceptance at γ on the bench answers (and, for eagle, the cost of a drafted token); updates the metadata file."""
+    if kind == "eagle":
+        meta_path = output / EAGLE_META
+        drafter = EagleDrafter.load(output, target, device)
+        results = {"acceptance": summarize(simulate_eagle(drafter, bench, args.gamma)),
+                   "cost": measure_eagle_cost(drafter, target, bench)}
+    else:
+        from transformers import AutoModelForCausalLM
+
+        meta_path = output / RECIPE_FILE
+        draft = AutoModelForCausalLM.from_pretrained(draft_lm_dir(output), dtype=torch.bfloat16).eval()
+        limit = args.eval_prompts or len(bench.tokens)
+        results = {"acceptance": summarize(simulate_lm(draft, bench, args.gamma, limit)), "eval_prompts": limit}
+    results.update(gamma=args.gamma, bench=args.bench.name, measured=_now())
+    meta = json.loads(meta_path.read_text())
+    meta.update(results)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return results
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -531,61 +579,67 @@ def run(args: argparse.Namespace) -> int:
     target_key = f"{EMBEDDED}:{Path(resolve_source(EMBEDDED)).name}:{args.target_dtype}"
     common = {"max_new_tokens": args.max_new_tokens, "batch_size": args.gen_batch, "seed": args.seed,
               "target_key": target_key}
+    bench = build_corpus(target, tokenizer, args.bench, sample_fraction=0.0, temperature=1.0, **common)
+    if args.eval_only:
+        print(json.dumps(evaluate(args.kind, output, target, device, bench, args), indent=2))
+        return 0
     train = build_corpus(target, tokenizer, args.prompts, sample_fraction=args.sample_fraction,
                          temperature=args.temperature, max_prompts=args.max_prompts, **common)
-    bench = build_corpus(target, tokenizer, args.bench, sample_fraction=0.0, temperature=1.0, **common)
     data_s = time.time() - started
     print(f"data: {len(train.tokens)} sequences, {sum(len(t) for t in train.tokens)} tokens "
           f"({train.answer_tokens} answer tokens); bench {len(bench.tokens)} sequences; {data_s:.0f} s", flush=True)
 
-    # training runs on the fp32 master weights with bf16 autocast (the CPU has bf16 matmuls)
+    # training runs on fp32 master weights with bf16 autocast (the CPU has bf16 matmuls)
     if args.kind == "eagle":
         model = init_eagle_head(target)
-        params = [p for p in model.parameters() if p.requires_grad]
     else:
         frozen, trained = parse_layers(args.frozen_layers), parse_layers(args.trained_layers)
         model = build_draft_lm(target, frozen, trained)
-        params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     warmup = max(steps // 20, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1)))))
+    budget_s = args.max_minutes * 60 if args.max_minutes is not None else float("inf")
+
+    def learning_rate(step: int) -> float:
+        """Linear warm-up, then cosine decay to 10 % over the steps or the time budget, whichever ends first."""
+        progress = min(max(step / steps, (time.time() - train_start) / budget_s), 1.0)
+        return lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
     rng = random.Random(args.seed)
     order: list[int] = []
     train_start = time.time()
     done_steps = 0
-    bar = tqdm(range(steps), desc=f"distill {args.kind}", unit="step")
     model.train()
-    for step in bar:
-        if not order:
-            order = list(range(len(train.tokens)))
-            rng.shuffle(order)
-        idx, order = order[: args.batch_size], order[args.batch_size :]
-        toks, feats, prompt, lens = batch_of(train, idx, args.max_len)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            if args.kind == "eagle":
-                loss, stats = eagle_loss(model, target, toks, feats, prompt, lens, args.ttt_depth, args.feat_weight)
-            else:
-                loss, stats = lm_loss(model, target, toks, feats, prompt, lens)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
-        sched.step()
-        done_steps = step + 1
-        bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
-        if args.max_minutes is not None and time.time() - train_start > args.max_minutes * 60:
-            print(f"time budget reached after {done_steps} steps", flush=True)
-            break
-    bar.close()
+    with tqdm(range(steps), desc=f"distill {args.kind}", unit="step") as bar:
+        for step in bar:
+            if not order:
+                order = list(range(len(train.tokens)))
+                rng.shuffle(order)
+            idx, order = order[: args.batch_size], order[args.batch_size :]
+            toks, feats, prompt, lens = batch_of(train, idx, args.max_len)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                if args.kind == "eagle":
+                    loss, stats = eagle_loss(model, target, toks, feats, prompt, lens, args.ttt_depth,
+                                             args.feat_weight, args.draft_vocab or None)
+                else:
+                    loss, stats = lm_loss(model, target, toks, feats, prompt, lens)
+            for group in optim.param_groups:
+                group["lr"] = learning_rate(step)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            done_steps = step + 1
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+            if time.time() - train_start > budget_s:
+                print(f"time budget reached after {done_steps} steps", flush=True)
+                break
     train_s = time.time() - train_start
     model.eval()
 
     metadata = {
         "kind": args.kind,
-        "command": "speckv distill " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        if Path(sys.argv[0]).name == "speckv" else " ".join(shlex.quote(a) for a in sys.argv),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
+        "command": command_line(args),
         "target": target_key,
         "train_sequences": len(train.tokens),
         "train_tokens": sum(len(t) for t in train.tokens),
@@ -595,34 +649,17 @@ def run(args: argparse.Namespace) -> int:
         "lr": lr,
         "data_wall_s": round(data_s, 1),
         "train_wall_s": round(train_s, 1),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "gamma": args.gamma,
-        "bench": str(args.bench.name),
+        "date": _now(),
     }
+    output.mkdir(parents=True, exist_ok=True)
     if args.kind == "eagle":
         metadata["draft_vocab"] = args.draft_vocab or None
-        output.mkdir(parents=True, exist_ok=True)
-        EagleDrafter.save(model, output, metadata)
-        drafter = EagleDrafter.load(output, target, device)
-        metadata["acceptance"] = summarize(simulate_eagle(drafter, bench, args.gamma))
-        metadata["cost"] = measure_eagle_cost(drafter, target, bench)
         EagleDrafter.save(model, output, metadata)
     else:
-        metadata["trained_file"] = TRAINED_FILE
-        output.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in trained_state(model, len(frozen)).items()},
-                  output / TRAINED_FILE)
+        state = trained_state(model, len(frozen))
+        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, output / TRAINED_FILE)
         recipe = {"target": EMBEDDED, "frozen": frozen, "trained": trained, **metadata}
         (output / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
-        from transformers import AutoModelForCausalLM
-
-        draft = AutoModelForCausalLM.from_pretrained(draft_lm_dir(output), dtype=torch.bfloat16).eval()
-        recipe["acceptance"] = summarize(simulate_lm(draft, bench, args.gamma, args.eval_prompts))
-        recipe["eval_prompts"] = args.eval_prompts or len(bench.tokens)
-        (output / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
-        metadata = recipe
-    metadata["total_wall_s"] = round(time.time() - started, 1)
-    print(json.dumps({k: metadata[k] for k in ("steps", "train_wall_s", "acceptance") if k in metadata}, indent=2))
-    if "cost" in metadata:
-        print(json.dumps(metadata["cost"], indent=2))
+    results = evaluate(args.kind, output, target, device, bench, args)
+    print(json.dumps({"steps": done_steps, "train_wall_s": round(train_s, 1), **results}, indent=2))
     return 0

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from speckv.kvcache import CACHE_KWARG, RaggedCache
+from speckv.models import ASSETS
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "eagle.json"
@@ -35,6 +36,11 @@ _LAYER_FIELDS = (
     "hidden_act", "rms_norm_eps", "rope_theta", "rope_parameters", "rope_scaling", "max_position_embeddings",
     "attention_bias", "mlp_bias",
 )
+
+
+def default_eagle_path() -> Path:
+    """The head shipped for the embedded target (trained by ``speckv distill --kind eagle``)."""
+    return ASSETS / "eagle"
 
 
 def head_config(target_config) -> dict:
