@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -66,12 +67,44 @@ def feature_matrix(
     return torch.cat([torch.stack([c.float() for c in cols], dim=1), comp], dim=1)
 
 
+class _FoldedMLP:
+    """The MLP in numpy with the normalisation folded into the first layer, for per-step decisions in a few µs.
+
+    The first layer splits into the part that changes with the draft position (top-1, entropy, position, prefix
+    minimum) and the part that is fixed for a step (history, context, compression), computed once per step.
+    """
+
+    def __init__(self, mlp: AcceptanceMLP) -> None:
+        lin1, lin2, lin3 = (m for m in mlp.net if isinstance(m, torch.nn.Linear))
+        std, mean = mlp.std.numpy().astype(np.float64), mlp.mean.numpy().astype(np.float64)
+        w1 = lin1.weight.detach().numpy().T.astype(np.float64) / std[:, None]  # [F, H]
+        self.b1 = lin1.bias.detach().numpy().astype(np.float64) - mean / std @ (w1 * std[:, None])
+        self.w1 = w1
+        self.w2, self.b2 = lin2.weight.detach().numpy().T.astype(np.float64), lin2.bias.detach().numpy()
+        self.w3, self.b3 = lin3.weight.detach().numpy()[0].astype(np.float64), float(lin3.bias.detach()[0])
+        self.col = {name: i for i, name in enumerate(FEATURES)}
+
+    def step_base(self, accept_rate_ema: np.ndarray, context_len: np.ndarray, compression: str) -> np.ndarray:
+        c = self.col
+        base = self.b1 + np.outer(accept_rate_ema, self.w1[c["accept_rate_ema"]])
+        base += np.outer(np.log1p(context_len), self.w1[c["log_context"]])
+        return base + self.w1[c[f"is_{compression}"]]
+
+    def prob(self, base: np.ndarray, top1, entropy, pos: int, prefix_min) -> np.ndarray:
+        c, w1 = self.col, self.w1
+        h = base + np.outer(top1, w1[c["top1"]]) + np.outer(entropy, w1[c["entropy"]])
+        h += pos * w1[c["position"]] + np.outer(prefix_min, w1[c["prefix_min_top1"]])
+        h = np.maximum(np.maximum(h, 0) @ self.w2 + self.b2, 0)
+        return 1.0 / (1.0 + np.exp(-(h @ self.w3 + self.b3)))
+
+
 class LearnedPolicy:
     name = "learned"
     needs_costs = True
 
     def __init__(self, mlp: AcceptanceMLP | None, gamma_max: int, meta: dict | None = None) -> None:
         self.mlp, self.gamma_max, self.meta = mlp, gamma_max, meta or {}
+        self.fast = _FoldedMLP(mlp) if mlp is not None else None
 
     @classmethod
     def load(cls, path: str | Path | None, gamma_max: int) -> LearnedPolicy:
@@ -95,44 +128,41 @@ class LearnedPolicy:
         path.with_suffix(".json").write_text(json.dumps({**meta, "features": list(FEATURES)}, indent=2))
 
     # ---------------------------------------------------------------- protocol
+    # Per-step state is plain numpy (a few µs per decision); only what must survive row pruning is in ctx.state.
 
     def init_state(self, ctx: StepContext) -> None:
-        self._reset(ctx)
-
-    def _reset(self, ctx: StepContext) -> None:
-        n = ctx.batch_size
-        ctx.state["p_all"] = torch.ones(n)  # P(every token proposed so far is accepted)
-        ctx.state["expected"] = torch.ones(n)  # E_k, expected tokens from this step so far
-        ctx.state["prefix_min"] = torch.ones(n)
+        return None
 
     def budget(self, ctx: StepContext) -> torch.Tensor:
-        self._reset(ctx)
-        return torch.full((ctx.batch_size,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
+        n = ctx.batch_size
+        self._p_all, self._expected, self._prefix_min = np.ones(n), np.ones(n), np.ones(n)
+        if self.fast is not None:
+            self._base = self.fast.step_base(ctx.accept_rate_ema.numpy(), ctx.context_len.numpy(), ctx.compression)
+        if ctx.costs is not None:
+            c, draft = ctx.costs, ctx.costs.draft(n)
+            self._costs = [(draft, c.verify(n, 1 + k)) for k in range(self.gamma_max + 2)]
+        return torch.full((n,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
 
-    @torch.inference_mode()
-    def acceptance(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-        if self.mlp is None:
+    def acceptance(self, ctx: StepContext, pos: int, top1: np.ndarray, entropy: np.ndarray) -> np.ndarray:
+        if self.fast is None:
             return top1
-        x = feature_matrix(top1, entropy, torch.full_like(top1, pos), ctx.accept_rate_ema, ctx.state["prefix_min"],
-                           ctx.context_len, ctx.compression)
-        return torch.sigmoid(self.mlp(x))
+        return self.fast.prob(self._base, top1, entropy, pos, self._prefix_min)
 
     def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-        a = self.acceptance(ctx, pos, top1, entropy)
-        p_next = ctx.state["p_all"] * a
-        expected = ctx.state["expected"]
+        t1 = top1.numpy()
+        p_next = self._p_all * self.acceptance(ctx, pos, t1, entropy.numpy())
+        expected = self._expected
         if ctx.costs is None:  # no costs: keep while the next token is more likely kept than not
             keep = p_next >= 0.5
         else:
-            b, c = ctx.batch_size, ctx.costs
-            draft = c.draft(b)
-            spent = (pos + 1) * draft + c.verify(b, 1 + pos)  # time of a step that stops here
-            extra = draft + c.verify(b, 2 + pos) - c.verify(b, 1 + pos)  # marginal time of one more token
+            draft, verify_here = self._costs[pos]
+            spent = (pos + 1) * draft + verify_here  # time of a step that stops here
+            extra = draft + self._costs[pos + 1][1] - verify_here  # marginal time of one more token
             keep = p_next * spent > expected * extra
-        ctx.state["p_all"] = torch.where(keep, p_next, ctx.state["p_all"])
-        ctx.state["expected"] = torch.where(keep, expected + p_next, expected)
-        ctx.state["prefix_min"] = torch.minimum(ctx.state["prefix_min"], top1)
-        return keep
+        self._p_all = np.where(keep, p_next, self._p_all)
+        self._expected = np.where(keep, expected + p_next, expected)
+        self._prefix_min = np.minimum(self._prefix_min, t1)
+        return torch.from_numpy(keep)
 
     def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
         return None
