@@ -1,0 +1,236 @@
+"""``speckv bench``: every γ-policy side by side on the embedded pair, plus Hugging Face's assisted generation.
+
+For each compression level one target and one drafter are loaded and shared by all methods; the methods run
+interleaved (the order rotates every repeat) over the same prompts, and the table quotes medians over repeats.
+Rows:
+
+* ``ar``, ``fixed1/2/4/8``, ``heuristic``, ``confidence``, ``entropy``, ``ema``, ``learned`` — this engine;
+* ``best fixed (hindsight)`` — the fastest of the fixed rows, picked after the fact;
+* ``oracle (replay)`` — from the ``fixed8`` run's replayable telemetry: draft exactly as many tokens as will be
+  accepted, timed with the engine's measured costs (an estimate, marked as such);
+* ``hf_generate`` and ``hf_assisted`` — ``transformers`` ``generate()`` alone and with
+  ``assistant_model=<the independent draft LM>`` and its default dynamic schedule, one prompt at a time.
+
+Greedy, batch size 1 by default (Hugging Face's assisted generation only supports batch 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from speckv.config import EMBEDDED, DraftSpec, EngineConfig, GenerationRequest, PolicySpec, SamplingParams
+
+DATA = Path(__file__).resolve().parent / "data"
+METHODS = ("ar", "fixed1", "fixed2", "fixed4", "fixed8", "heuristic", "confidence", "entropy", "ema", "learned")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compressions", default="bf16", help="comma list: bf16,int8,nf4 (fp16 on CUDA)")
+    parser.add_argument("--prompts", default=str(DATA / "bench_mix.jsonl"))
+    parser.add_argument("--per-task", type=int, default=6, help="prompts per task type")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma list of engine methods")
+    parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate / assisted generation")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--target", default=EMBEDDED)
+    parser.add_argument("--output", default="bench/results", help="directory for policies.md/.csv/.png")
+    parser.add_argument("--quick", action="store_true", help="CI-size run: 1 prompt per task, 12 tokens, 1 repeat")
+
+
+def pick_requests(path: str, per_task: int, max_new_tokens: int) -> list[GenerationRequest]:
+    from speckv.io import parse_row, read_input_lines
+
+    by_task: dict[str, list[GenerationRequest]] = defaultdict(list)
+    for i, raw in read_input_lines(path):
+        req = parse_row(raw, i, SamplingParams(max_new_tokens=max_new_tokens))
+        req = req.model_copy(update={"sampling": req.sampling.model_copy(update={"max_new_tokens": max_new_tokens,
+                                                                                 "ignore_eos": False})})
+        if len(by_task[req.task or "none"]) < per_task:
+            by_task[req.task or "none"].append(req)
+    return [r for reqs in by_task.values() for r in reqs]
+
+
+def policy_spec(method: str) -> PolicySpec:
+    if method.startswith("fixed"):
+        return PolicySpec(name="fixed", gamma=int(method[5:]), gamma_max=int(method[5:]))
+    return PolicySpec(name=method, gamma=4, gamma_max=8)
+
+
+def engine_run(engine, requests) -> dict:
+    start = time.perf_counter()
+    results = engine.generate(requests)
+    wall = time.perf_counter() - start
+    steps = [s for r in results for s in r.steps]
+    tokens = sum(len(r.token_ids) for r in results)
+    per_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for r in results:
+        per_task[r.task][0] += len(r.token_ids)
+        per_task[r.task][1] += r.wall_ms / 1e3
+    decisions = sorted(s["decision_ms"] / max(1, s["num_draft_tokens"] + 1) for s in steps) or [0.0]
+    n_steps = len(steps)
+    accepted = sum(s["num_accepted_tokens"] for s in steps)
+    return {
+        "tokens": tokens, "wall": wall, "tok_s": tokens / wall,
+        "mean_acceptance_length": (accepted + n_steps) / n_steps if n_steps else float("nan"),
+        "tokens_per_target_forward": tokens / (n_steps + len(results)),
+        "draft_share": sum(s["draft_ms"] for s in steps) / 1e3 / wall,
+        "verify_share": sum(s["verify_ms"] for s in steps) / 1e3 / wall,
+        "decision_ms_p50": decisions[len(decisions) // 2], "decision_ms_p99": decisions[int(len(decisions) * 0.99)],
+        "per_task": {t: v[0] / v[1] for t, v in per_task.items() if v[1] > 0},
+        "steps": steps, "outputs": [r.token_ids for r in results],
+    }
+
+
+def hf_run(target, tokenizer, requests, assistant=None) -> dict:
+    from speckv.engine import SpecEngine
+
+    encode = SpecEngine._encode.__get__(type("E", (), {"tokenizer": tokenizer})())
+    tokens, wall = 0, 0.0
+    per_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    outputs = []
+    for req in requests:
+        ids = torch.tensor([encode(req)], device=target.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=req.sampling.max_new_tokens,
+                                  do_sample=False, assistant_model=assistant, pad_token_id=tokenizer.pad_token_id)
+        dt = time.perf_counter() - start
+        new = out[0, ids.shape[1] :].tolist()
+        outputs.append(new)
+        tokens += len(new)
+        wall += dt
+        per_task[req.task][0] += len(new)
+        per_task[req.task][1] += dt
+    return {"tokens": tokens, "wall": wall, "tok_s": tokens / wall, "outputs": outputs,
+            "per_task": {t: v[0] / v[1] for t, v in per_task.items()}}
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from speckv.collect import compression_spec
+    from speckv.drafters import build_drafter
+    from speckv.engine import SpecEngine
+    from speckv.models import load_causal_lm, load_tokenizer
+    from speckv.train_policy import replay, step_arrays
+
+    if args.quick:
+        args.per_task, args.max_new_tokens, args.repeats = 1, 12, 1
+    requests = pick_requests(args.prompts, args.per_task, args.max_new_tokens)
+    methods = args.methods.split(",")
+    tokenizer = load_tokenizer(args.target)
+    table: list[dict] = []
+    for level in args.compressions.split(","):
+        spec = compression_spec(level, args.target)
+        target, device = load_causal_lm(spec)
+        drafter = build_drafter(DraftSpec(kind="eagle"), target, spec, device)
+        engines = {m: SpecEngine(EngineConfig(target=spec, policy=policy_spec(m), max_batch_size=args.batch_size),
+                                 target=target, tokenizer=tokenizer, drafter=drafter, device=device,
+                                 actor_id=f"bench-{level}") for m in methods}
+        runners = {m: (lambda e=e: engine_run(e, requests)) for m, e in engines.items()}
+        if not args.no_hf and spec.quantization == "none":
+            from speckv.distill import draft_lm_dir
+
+            assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir())}))
+            runners["hf_generate"] = lambda: hf_run(target, tokenizer, requests)
+            runners["hf_assisted"] = lambda: hf_run(target, tokenizer, requests, assistant)
+        runs: dict[str, list[dict]] = defaultdict(list)
+        names = list(runners)
+        bar = tqdm(total=args.repeats * len(names), desc=f"bench {level}", unit="run")
+        for rep in range(args.repeats):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate: no method always first
+                runs[name].append(runners[name]())
+                bar.update(1)
+        bar.close()
+        rows = summarize_level(level, runs, engines.get("learned") or next(iter(engines.values())), replay, step_arrays)
+        table += rows
+    write_outputs(table, args, len(requests))
+    return 0
+
+
+def summarize_level(level, runs, engine, replay, step_arrays) -> list[dict]:
+    import pandas as pd
+
+    rows = []
+    for name, reps in runs.items():
+        best = reps[0]
+        row = {"compression": level, "method": name, "tok_s": statistics.median(r["tok_s"] for r in reps)}
+        for key in ("mean_acceptance_length", "tokens_per_target_forward", "draft_share", "verify_share",
+                    "decision_ms_p50", "decision_ms_p99"):
+            row[key] = statistics.median(r[key] for r in reps) if key in best else float("nan")
+        for task in best["per_task"]:
+            row[f"tok_s_{task}"] = statistics.median(r["per_task"][task] for r in reps)
+        rows.append(row)
+    fixed = [r for r in rows if r["method"].startswith("fixed")]
+    if fixed:
+        best_fixed = max(fixed, key=lambda r: r["tok_s"])
+        rows.append({**best_fixed, "method": f"best fixed (hindsight: {best_fixed['method']})"})
+    if "fixed8" in runs and engine.costs is not None:
+        arr = step_arrays(pd.DataFrame(runs["fixed8"][0]["steps"]).query("num_draft_tokens > 0"))
+        est = {p: replay(arr, engine.costs, 1, p, gamma=8)["tokens_per_s"] for p in ("oracle", "fixed")}
+        f8 = next(r for r in rows if r["method"] == "fixed8")
+        rows.append({"compression": level, "method": "oracle (replay estimate)",
+                     "tok_s": f8["tok_s"] * est["oracle"] / est["fixed"]})
+    by_method = {r["method"]: r for r in rows}
+    for r in rows:
+        for ref in ("fixed4", "ar"):
+            r[f"x_{ref}"] = r["tok_s"] / by_method[ref]["tok_s"] if ref in by_method else float("nan")
+    parity = [runs[m][0]["outputs"] for m in runs if m not in ("hf_assisted",)]
+    rows[0]["greedy_outputs_identical"] = all(o == parity[0] for o in parity)
+    return rows
+
+
+def write_outputs(table: list[dict], args, n_prompts: int) -> None:
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["compression", "method", "tok_s", "x_fixed4", "x_ar", "mean_acceptance_length",
+            "tokens_per_target_forward", "draft_share", "verify_share", "decision_ms_p50", "decision_ms_p99"]
+    tasks = sorted({k for r in table for k in r if k.startswith("tok_s_")})
+    with open(out / "policies.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=cols + tasks + ["greedy_outputs_identical"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "—" if v != v else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+
+    lines = [f"`{' '.join(['speckv bench'] + [a for a in _argv()])}` — {n_prompts} prompts "
+             f"({args.per_task} per task), {args.max_new_tokens} new tokens, greedy, batch {args.batch_size}, "
+             f"median of {args.repeats} interleaved repeats, {time.strftime('%Y-%m-%d')}, "
+             f"{torch.get_num_threads()} CPU threads" if not torch.cuda.is_available() else "CUDA", "",
+             "| " + " | ".join(cols + tasks) + " |", "|" + "---|" * (len(cols) + len(tasks))]
+    for r in table:
+        lines.append("| " + " | ".join(fmt(r.get(c, float("nan"))) for c in cols + tasks) + " |")
+    identical = [r.get("greedy_outputs_identical") for r in table if "greedy_outputs_identical" in r]
+    lines += ["", f"Greedy outputs identical across all engine methods and hf_generate: {all(identical)}"]
+    (out / "policies.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    labels = [f"{r['compression']}\n{r['method']}" for r in table]
+    ax.bar(range(len(table)), [r["tok_s"] for r in table], color="tab:blue")
+    ax.set_xticks(range(len(table)), labels, rotation=75, fontsize=7)
+    ax.set_ylabel("tokens/s")
+    ax.set_title("speckv bench: tokens/s by method")
+    fig.tight_layout()
+    fig.savefig(out / "policies.png", dpi=110)
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else sys.argv[1:]
