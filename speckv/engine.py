@@ -141,6 +141,7 @@ class SpecEngine:
         self.eos_ids = self._eos_ids()
         self.actor_id = actor_id or f"pid-{os.getpid()}"
         self.costs: CostModel | None = None
+        self.batch_steps = 0  # batched steps run by this engine (telemetry's batch_step_id)
         if self.policy.needs_costs:
             from speckv.calibrate import load_or_calibrate
 
@@ -176,7 +177,8 @@ class SpecEngine:
         per-step stats). Row b commits ``new_tokens[b, :num_new[b]]``: its accepted drafts, then the recovered or
         bonus token."""
         ctx, dev, n_rows = batch.ctx, self.device, len(batch.rows)
-        stats = {"decision_ms": 0.0, "draft_ms": 0.0}
+        stats = {"decision_ms": 0.0, "draft_ms": 0.0, "batch_step_id": self.batch_steps}
+        self.batch_steps += 1
         # 1. how many tokens may each row draft? (the policy's budget, within the context and max_new_tokens)
         t0 = time.perf_counter()
         budget = self.policy.budget(ctx) if self.drafter is not None else torch.zeros(n_rows, dtype=torch.long)
@@ -321,6 +323,7 @@ class SpecEngine:
             "request_id": row.result.id,
             "task": row.result.task,
             "step": len(row.result.steps),
+            "batch_step_id": stats["batch_step_id"],
             "policy": self.config.policy.name,
             "drafter": getattr(self.drafter, "kind", "none"),
             "batch_size": len(batch.rows),

@@ -27,6 +27,7 @@ STEP_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("request_id", pa.string(), "id of the request (input line)"),
     ("task", pa.string(), "task tag from the input, if any"),
     ("step", pa.int32(), "verify step index within the request, from 0"),
+    ("batch_step_id", pa.int64(), "batched step counter of the engine (rows of one forward share it, per actor_id)"),
     ("policy", pa.string(), "γ-policy name"),
     ("drafter", pa.string(), "drafter kind (lm | eagle)"),
     ("batch_size", pa.int32(), "live sequences in this batched step"),

@@ -1,0 +1,151 @@
+"""The CLI contract (one output row per input line, errors per row) and the selector's train → load → decide loop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from speckv.config import EngineConfig, GenerationRequest, PolicySpec, SamplingParams
+from speckv.costs import CostModel
+from speckv.drafters.draft_lm import DraftLM
+from speckv.engine import SpecEngine
+from speckv.io import write_parquet
+from speckv.policies.base import StepContext
+from speckv.policies.learned import AcceptanceMLP, LearnedPolicy, feature_matrix
+
+ROWS = [
+    {"id": "good", "prompt": "Write a haiku about rust.", "task": "dialogue"},
+    {"prompt": ""},
+    "this is not json",
+    {"id": "chat", "messages": [{"role": "user", "content": "What is 12*7?"}], "max_new_tokens": 6},
+    {"id": "neg", "prompt": "hi", "temperature": -1},
+    {"id": "num", "prompt": 42},
+    {"id": "missing"},
+    {"id": "sampled", "prompt": "Tell me a joke", "temperature": 0.8, "top_p": 0.9, "seed": 3, "stop": ["\n"]},
+]
+
+
+def test_generate_cli_writes_one_row_per_line(tmp_path, tiny_pair_dirs):
+    target, draft = tiny_pair_dirs
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in ROWS) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "speckv.cli", "generate", "--input", str(src), "--output", str(out),
+           "--target", str(target), "--draft", str(draft), "--draft-kind", "lm", "--dtype", "fp32",
+           "--policy", "heuristic", "--max-new-tokens", "10", "--batch-size", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["id"]: r for r in pq.read_table(out / "outputs").to_pylist()}
+    assert len(rows) == len(ROWS)
+    assert {k for k, r in rows.items() if r["status"] == "ok"} == {"good", "chat", "sampled"}
+    assert "empty" in rows["2"]["error"] and "not valid JSON" in rows["3"]["error"]
+    assert "temperature" in rows["neg"]["error"] and "string" in rows["num"]["error"]
+    assert "missing 'prompt'" in rows["missing"]["error"]
+    assert len(rows["good"]["token_ids"]) == 10 and rows["good"]["finish_reason"] == "length"
+    assert len(rows["chat"]["token_ids"]) <= 6
+    steps = pq.read_table(out / "telemetry").to_pylist()
+    assert {s["request_id"] for s in steps} == {"good", "chat", "sampled"}
+    good = [s for s in steps if s["request_id"] == "good"]
+    assert rows["good"]["num_spec_steps"] == len(good)
+    assert rows["good"]["num_accepted_tokens"] == sum(s["num_accepted_tokens"] for s in good)
+    assert sum(rows["good"]["acceptance_histogram"]) == len(good)
+
+
+def test_bad_config_fails_before_loading_models(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "x"}\n')
+    proc = subprocess.run([sys.executable, "-m", "speckv.cli", "generate", "--input", str(src), "--output",
+                           str(tmp_path / "o"), "--policy", "fixed", "--gamma", "40"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "gamma" in proc.stderr
+
+
+def fake_steps(n_prompts: int, rng: np.random.Generator) -> list[dict]:
+    """Step rows whose acceptance depends on top-1 the way real drafts do (accept ~ top1)."""
+    rows = []
+    for p in range(n_prompts):
+        for step in range(20):
+            top1 = rng.uniform(0.05, 1.0, 8)
+            accept = rng.uniform(size=8) < top1
+            first = int(np.argmin(accept)) if not accept.all() else 8
+            rows.append({"request_id": f"p{p}", "step": step, "policy": "fixed", "num_draft_tokens": 8,
+                         "num_accepted_tokens": first, "draft_top1": top1.tolist(),
+                         "draft_entropy": (3 * (1 - top1)).tolist(), "draft_accept": accept.tolist(),
+                         "temperature": 0.0, "context_len": 50 + step, "compression": "bf16",
+                         "accept_rate_ema": 0.5, "batch_size": 1})
+    return rows
+
+
+def test_train_policy_learns_acceptance_and_beats_fixed_in_replay(tmp_path):
+    from speckv import train_policy
+
+    rng = np.random.default_rng(0)
+    write_parquet([], fake_steps(60, rng), tmp_path / "col", name="bf16")
+    costs = CostModel([1, 8], [1, 2, 3, 5, 9, 17], [[42, 42, 41, 44, 46, 54], [69, 70, 72, 86, 100, 130]], [5.5, 8])
+    (tmp_path / "col" / "costs").mkdir()
+    (tmp_path / "col" / "costs" / "bf16.json").write_text(costs.to_json())
+    args = train_policy_args(tmp_path)
+    assert train_policy.run(args) == 0
+    meta = json.loads((tmp_path / "pol.json").read_text())
+    assert meta["metrics"]["test_auc"] > 0.7
+    rep = meta["replay_report"]["bf16/batch1"]
+    assert rep["learned"]["tokens_per_s"] >= rep["fixed4"]["tokens_per_s"]
+    assert rep["oracle"]["tokens_per_s"] >= rep["learned"]["tokens_per_s"]
+    policy = LearnedPolicy.load(tmp_path / "pol.safetensors", gamma_max=8)
+    assert policy.mlp is not None
+
+
+def train_policy_args(tmp_path):
+    import argparse
+
+    from speckv import train_policy
+
+    parser = argparse.ArgumentParser()
+    train_policy.add_arguments(parser)
+    return parser.parse_args([str(tmp_path / "col"), "--output", str(tmp_path / "pol.safetensors"), "--epochs", "15"])
+
+
+def test_learned_decisions_match_the_torch_mlp_and_are_cheap():
+    torch.manual_seed(0)
+    mlp = AcceptanceMLP()
+    mlp.mean.uniform_()
+    mlp.std.uniform_(0.5, 2)
+    policy = LearnedPolicy(mlp, 8)
+    b = 8
+    ctx = StepContext(batch_size=b, context_len=torch.randint(10, 300, (b,)), num_generated=torch.zeros(b),
+                      last_num_draft=torch.zeros(b), last_num_accepted=torch.zeros(b),
+                      accept_rate_ema=torch.rand(b), compression="nf4", costs=None, gamma_max=8)
+    policy.budget(ctx)
+    top1, ent = torch.rand(b), torch.rand(b) * 3
+    x = feature_matrix(top1, ent, torch.zeros(b), ctx.accept_rate_ema, torch.ones(b), ctx.context_len, "nf4")
+    expected = torch.sigmoid(mlp(x)).detach().numpy()
+    np.testing.assert_allclose(policy.acceptance(ctx, 0, top1.numpy(), ent.numpy()), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_learned_policy_keeps_greedy_parity(tokenizer, with_weights, tmp_path):
+    from tests.conftest import related_draft, tiny_llama
+
+    target = tiny_llama(0)
+    draft = related_draft(target)
+    path = None
+    if with_weights:
+        mlp = AcceptanceMLP()
+        LearnedPolicy(mlp, 8).save(tmp_path / "p.safetensors", {"hidden": 32})
+        path = str(tmp_path / "p.safetensors")
+    config = EngineConfig(policy=PolicySpec(name="learned", gamma_max=6, path=path), max_batch_size=4)
+    engine = SpecEngine(config, target=target, tokenizer=tokenizer, drafter=DraftLM(draft, torch.device("cpu"),
+                        49152), device=torch.device("cpu"))
+    assert engine.costs is not None  # calibrated (and cached) because the policy asked for costs
+    reqs = [GenerationRequest(id=str(i), prompt=p, sampling=SamplingParams(max_new_tokens=16, ignore_eos=True))
+            for i, p in enumerate(["Hello", "Count to ten please", "x"])]
+    for res, req in zip(engine.generate(reqs), reqs):
+        ids = engine._encode(req)
+        ref = target.generate(torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16, do_sample=False)
+        assert res.token_ids == ref[0, len(ids):].tolist()
