@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = load_prompts(args.prompts, args.num_prompts, sampling_defaults(args))
     for b in sizes:  # warm-up: allocator, kernels, caches
         run_once(engines[b], requests[: max(b, 1)])
+    load_before = os.getloadavg()[0]  # other work on the machine shifts absolute numbers; ratios are interleaved
     runs: dict[int, list[tuple[int, float]]] = {b: [] for b in sizes}
     for r in range(args.repeats):
         order = sizes[r % len(sizes):] + sizes[: r % len(sizes)]
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"; {len(requests)} prompts from `{args.prompts.name}`, max_new_tokens {args.max_new_tokens}, "
           f"greedy; {args.repeats} interleaved repeats, medians.",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, device {first.device.type}.",
+        f"{torch.get_num_threads()} threads, device {first.device.type}; 1-min load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.",
         "",
         "| batch size | tokens per run | median wall (s) | median tok/s | × batch 1 |",
         "|---:|---:|---:|---:|---:|",

@@ -410,7 +410,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[batch_generate] resuming: {len(items) - len(todo)} of {len(items)} rows already in {out_dir}/outputs",
               file=sys.stderr)
     if todo:
-        run_pipeline(config, todo, out_dir)
+        import ray
+
+        try:
+            run_pipeline(config, todo, out_dir)
+        except ray.exceptions.RayError as exc:  # an actor that cannot start (bad model, missing drafter weights), ...
+            cause = [line for line in str(exc).splitlines() if line.strip()][-1]
+            print(f"{exc}\nbatch_generate: error: the pipeline failed: {cause}\nRows already written are kept; fix "
+                  f"the cause and rerun into {out_dir} to resume.", file=sys.stderr)
+            return 1
     statuses, missing, doubled = account(items, out_dir)
     print(f"[batch_generate] {len(items)} input rows -> {out_dir}/outputs: {statuses.get('ok', 0)} ok, "
           f"{statuses.get('error', 0)} error; telemetry in {out_dir}/telemetry", file=sys.stderr)
