@@ -23,9 +23,16 @@ REPEATS = 3
 
 def cost_key(engine) -> str:
     cfg = engine.config
+    # the loaded models themselves, not only the config: an injected model must never reuse another's costs
+    drafter = engine.drafter
+    draft_params = sum(p.numel() for p in drafter.parameters()) if hasattr(drafter, "parameters") else None
+    if draft_params is None and hasattr(drafter, "model"):
+        draft_params = sum(p.numel() for p in drafter.model.parameters())
     parts = {
         "target": cfg.target.model_dump(),
+        "target_arch": engine.target.config.to_json_string(use_diff=False),
         "draft": cfg.draft.model_dump(),
+        "drafter": [type(drafter).__name__, draft_params],
         "device": str(engine.device),
         "threads": torch.get_num_threads(),
         "batch": BATCH_SIZES,
