@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of engine methods")
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate / assisted generation")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-sizes", default="1", help="comma list; HF rows only at batch size 1")
     parser.add_argument("--target", default=EMBEDDED)
-    parser.add_argument("--output", default="bench/results", help="directory for policies.md/.csv/.png")
+    parser.add_argument("--output", default="bench/results", help="directory for NAME.md/.csv/.png")
+    parser.add_argument("--name", default="policies", help="file stem of the results")
     parser.add_argument("--quick", action="store_true", help="CI-size run: 1 prompt per task, 12 tokens, 1 repeat")
 
 
@@ -132,37 +133,41 @@ def run(args: argparse.Namespace) -> int:
         spec = compression_spec(level, args.target)
         target, device = load_causal_lm(spec)
         drafter = build_drafter(DraftSpec(kind="eagle"), target, spec, device)
-        engines = {m: SpecEngine(EngineConfig(target=spec, policy=policy_spec(m), max_batch_size=args.batch_size),
-                                 target=target, tokenizer=tokenizer, drafter=drafter, device=device,
-                                 actor_id=f"bench-{level}") for m in methods}
-        runners = {m: (lambda e=e: engine_run(e, requests)) for m, e in engines.items()}
+        assistant = None
         if not args.no_hf and spec.quantization == "none":
             from speckv.distill import draft_lm_dir
 
             assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir())}))
-            runners["hf_generate"] = lambda: hf_run(target, tokenizer, requests)
-            runners["hf_assisted"] = lambda: hf_run(target, tokenizer, requests, assistant)
-        runs: dict[str, list[dict]] = defaultdict(list)
-        names = list(runners)
-        bar = tqdm(total=args.repeats * len(names), desc=f"bench {level}", unit="run")
-        for rep in range(args.repeats):
-            for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate: no method always first
-                runs[name].append(runners[name]())
-                bar.update(1)
-        bar.close()
-        rows = summarize_level(level, runs, engines.get("learned") or next(iter(engines.values())), replay, step_arrays)
-        table += rows
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            engines = {m: SpecEngine(EngineConfig(target=spec, policy=policy_spec(m), max_batch_size=batch),
+                                     target=target, tokenizer=tokenizer, drafter=drafter, device=device,
+                                     actor_id=f"bench-{level}-{batch}") for m in methods}
+            runners = {m: (lambda e=e: engine_run(e, requests)) for m, e in engines.items()}
+            if assistant is not None and batch == 1:
+                runners["hf_generate"] = lambda: hf_run(target, tokenizer, requests)
+                runners["hf_assisted"] = lambda: hf_run(target, tokenizer, requests, assistant)
+            runs: dict[str, list[dict]] = defaultdict(list)
+            names = list(runners)
+            bar = tqdm(total=args.repeats * len(names), desc=f"bench {level} batch {batch}", unit="run")
+            for rep in range(args.repeats):
+                for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate: none always first
+                    runs[name].append(runners[name]())
+                    bar.update(1)
+            bar.close()
+            cost_engine = engines.get("learned") or next(iter(engines.values()))
+            table += summarize_level(level, batch, runs, cost_engine, replay, step_arrays)
     write_outputs(table, args, len(requests))
     return 0
 
 
-def summarize_level(level, runs, engine, replay, step_arrays) -> list[dict]:
+def summarize_level(level, batch, runs, engine, replay, step_arrays) -> list[dict]:
     import pandas as pd
 
     rows = []
     for name, reps in runs.items():
         best = reps[0]
-        row = {"compression": level, "method": name, "tok_s": statistics.median(r["tok_s"] for r in reps)}
+        row = {"compression": level, "batch": batch, "method": name,
+               "tok_s": statistics.median(r["tok_s"] for r in reps)}
         for key in ("mean_acceptance_length", "tokens_per_target_forward", "draft_share", "verify_share",
                     "decision_ms_p50", "decision_ms_p99"):
             row[key] = statistics.median(r[key] for r in reps) if key in best else float("nan")
@@ -175,9 +180,9 @@ def summarize_level(level, runs, engine, replay, step_arrays) -> list[dict]:
         rows.append({**best_fixed, "method": f"best fixed (hindsight: {best_fixed['method']})"})
     if "fixed8" in runs and engine.costs is not None:
         arr = step_arrays(pd.DataFrame(runs["fixed8"][0]["steps"]).query("num_draft_tokens > 0"))
-        est = {p: replay(arr, engine.costs, 1, p, gamma=8)["tokens_per_s"] for p in ("oracle", "fixed")}
+        est = {p: replay(arr, engine.costs, batch, p, gamma=8)["tokens_per_s"] for p in ("oracle", "fixed")}
         f8 = next(r for r in rows if r["method"] == "fixed8")
-        rows.append({"compression": level, "method": "oracle (replay estimate)",
+        rows.append({"compression": level, "batch": batch, "method": "oracle (replay estimate)",
                      "tok_s": f8["tok_s"] * est["oracle"] / est["fixed"]})
     by_method = {r["method"]: r for r in rows}
     for r in rows:
@@ -191,10 +196,10 @@ def summarize_level(level, runs, engine, replay, step_arrays) -> list[dict]:
 def write_outputs(table: list[dict], args, n_prompts: int) -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["compression", "method", "tok_s", "x_fixed4", "x_ar", "mean_acceptance_length",
+    cols = ["compression", "batch", "method", "tok_s", "x_fixed4", "x_ar", "mean_acceptance_length",
             "tokens_per_target_forward", "draft_share", "verify_share", "decision_ms_p50", "decision_ms_p99"]
     tasks = sorted({k for r in table for k in r if k.startswith("tok_s_")})
-    with open(out / "policies.csv", "w", newline="") as handle:
+    with open(out / f"{args.name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=cols + tasks + ["greedy_outputs_identical"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
@@ -204,16 +209,16 @@ def write_outputs(table: list[dict], args, n_prompts: int) -> None:
             return "—" if v != v else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
 
-    lines = [f"`{' '.join(['speckv bench'] + [a for a in _argv()])}` — {n_prompts} prompts "
-             f"({args.per_task} per task), {args.max_new_tokens} new tokens, greedy, batch {args.batch_size}, "
-             f"median of {args.repeats} interleaved repeats, {time.strftime('%Y-%m-%d')}, "
-             f"{torch.get_num_threads()} CPU threads" if not torch.cuda.is_available() else "CUDA", "",
+    where = "CUDA" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    lines = [f"`speckv bench {' '.join(_argv())}` — {n_prompts} prompts ({args.per_task} per task), "
+             f"{args.max_new_tokens} new tokens, greedy, median of {args.repeats} interleaved repeats, "
+             f"{time.strftime('%Y-%m-%d')}, {where}", "",
              "| " + " | ".join(cols + tasks) + " |", "|" + "---|" * (len(cols) + len(tasks))]
     for r in table:
         lines.append("| " + " | ".join(fmt(r.get(c, float("nan"))) for c in cols + tasks) + " |")
     identical = [r.get("greedy_outputs_identical") for r in table if "greedy_outputs_identical" in r]
     lines += ["", f"Greedy outputs identical across all engine methods and hf_generate: {all(identical)}"]
-    (out / "policies.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
 
@@ -221,13 +226,13 @@ def write_outputs(table: list[dict], args, n_prompts: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4))
-    labels = [f"{r['compression']}\n{r['method']}" for r in table]
+    labels = [f"{r['compression']} b{r['batch']}\n{r['method']}" for r in table]
     ax.bar(range(len(table)), [r["tok_s"] for r in table], color="tab:blue")
     ax.set_xticks(range(len(table)), labels, rotation=75, fontsize=7)
     ax.set_ylabel("tokens/s")
     ax.set_title("speckv bench: tokens/s by method")
     fig.tight_layout()
-    fig.savefig(out / "policies.png", dpi=110)
+    fig.savefig(out / f"{args.name}.png", dpi=110)
 
 
 def _argv() -> list[str]:
