@@ -47,7 +47,7 @@ def parse_row(raw: Any, line_no: int, defaults: SamplingParams | None = None) ->
     """Turn one raw input row into a request, or raise InputError with a message a user can act on."""
     if isinstance(raw, (str, bytes)):
         try:
-            row = json.loads(raw)
+            row = json.loads(raw.strip())
         except json.JSONDecodeError as exc:
             raise InputError(f"line {line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
     else:
@@ -107,11 +107,12 @@ def error_row(request_id: str, message: str, prompt: Any = None, policy: str = "
 def write_parquet(rows: list[dict], steps: list[dict], out_dir: str | Path, name: str | None = None) -> str:
     """Write one part of outputs and telemetry under ``out_dir/outputs`` and ``out_dir/telemetry``.
 
-    Each part is written to a temporary name and renamed, so a reader never sees half a file.
+    Each part is written to a temporary name and renamed, so a reader never sees half a file; telemetry first, so
+    an outputs part marks a finished part (resume keys on outputs).
     """
     name = name or f"part-{uuid.uuid4().hex[:12]}"
     out_dir = Path(out_dir)
-    for sub, table in (("outputs", outputs_table(rows)), ("telemetry", steps_table(steps))):
+    for sub, table in (("telemetry", steps_table(steps)), ("outputs", outputs_table(rows))):
         target = out_dir / sub / f"{name}.parquet"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".parquet.tmp")
