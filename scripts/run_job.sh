@@ -6,6 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
+# a local cluster made by ray.init() may have left a token; the job CLI only sends it when asked to
+[ -f "$HOME/.ray/auth_token" ] && export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 started=0
 if ! ray status >/dev/null 2>&1; then
   ray start --head --num-cpus="$(nproc)" --disable-usage-stats >/dev/null

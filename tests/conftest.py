@@ -10,6 +10,9 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# tiny models gain nothing from threads, and tests share 2 cores with Ray workers: spinning OpenMP threads that
+# wait on each other cost far more than they give
+torch.set_num_threads(1)
 
 
 def tiny_llama(seed: int, layers: int = 2, vocab: int = 49152, hidden: int = 64):
