@@ -195,7 +195,7 @@ class SpecEngine:
         ctx.top1_history, ctx.entropy_history = [], []
         t_draft = time.perf_counter()
         last = None
-        u_draft = self._uniforms(batch, width)
+        u_draft = self._uniforms(batch, budget, width)
         for pos in range(width):
             logits = self.drafter.draft_logits(last)  # [B, V]
             top1, entropy = _signals(logits)
@@ -220,8 +220,8 @@ class SpecEngine:
         logits, hidden = self._target_forward(batch.cache, inputs, valid.to(dev))  # [B, k+1, V], [B, k+1, H]
         p = to_probs(logits, batch.temperature, batch.top_k, batch.top_p)  # p: target probs
         num_draft_dev = num_draft.to(dev)
-        num_accepted, next_token, accept = verify(draft_tokens[:, :k], num_draft_dev, q[:, :k], p,
-                                                  self._uniforms(batch, k + 1))
+        u_verify = self._uniforms(batch, num_draft + 1, k + 1, last_at_end=True)
+        num_accepted, next_token, accept = verify(draft_tokens[:, :k], num_draft_dev, q[:, :k], p, u_verify)
         self._sync()
         stats["verify_ms"] = (time.perf_counter() - t_verify) * 1e3
         stats["max_tokens_verified"] = k + 1
@@ -266,7 +266,7 @@ class SpecEngine:
             ids, valid = pad_right([r.prompt_ids for r in rows], dev)
             logits, hidden = self._target_forward(batch.cache, ids, valid, last_only=True)
             first = sample(to_probs(logits[:, 0], batch.temperature, batch.top_k, batch.top_p),
-                           self._uniforms(batch, 1)[:, 0])
+                           self._uniforms(batch, torch.ones(len(rows), dtype=torch.long), 1)[:, 0])
             batch.pending = first
             if self.drafter is not None:
                 per_row_hidden = [hidden[b, : len(r.prompt_ids)] for b, r in enumerate(rows)] if hidden is not None else None
@@ -443,11 +443,20 @@ class SpecEngine:
         ctx.accept_rate_ema = torch.where(drafted, 0.7 * ctx.accept_rate_ema + 0.3 * rate, ctx.accept_rate_ema)
         ctx.last_num_draft, ctx.last_num_accepted = num_draft, num_accepted
 
-    def _uniforms(self, batch: _Batch, n: int) -> torch.Tensor:  # [B, n] per-row draws (zeros for greedy rows)
-        out = torch.zeros(len(batch.rows), n)
+    def _uniforms(self, batch: _Batch, counts: torch.Tensor, width: int, last_at_end: bool = False) -> torch.Tensor:
+        """[B, width] per-row draws, zeros for greedy rows. Row b draws exactly ``counts[b]`` numbers from its own
+        generator, so its random stream never depends on what the other rows of the batch do. With
+        ``last_at_end`` the row's last draw goes to the last column (the verify step's final-token draw)."""
+        out = torch.zeros(len(batch.rows), width)
         for b, row in enumerate(batch.rows):
-            if row.generator is not None and n:
-                out[b] = torch.rand(n, generator=row.generator)
+            n = int(counts[b])
+            if row.generator is None or n == 0:
+                continue
+            draws = torch.rand(n, generator=row.generator)
+            if last_at_end:
+                out[b, : n - 1], out[b, -1] = draws[:-1], draws[-1]
+            else:
+                out[b, :n] = draws
         return out.to(self.device)
 
     def _eos_ids(self) -> set[int]:
