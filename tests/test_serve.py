@@ -1,0 +1,274 @@
+"""The Serve app over real HTTP on loopback: a real Ray Serve instance, tiny models, the real ``openai`` client.
+
+One Ray cluster and one app for the whole module (starting Serve costs ~15 s on 2 cores); the overload test adds
+a second, deliberately tiny-capacity app next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `deploy/` is a top-level folder, not part of the installed package;
+    # the replicas get it through runtime_env PYTHONPATH below
+    sys.path.insert(0, str(REPO))
+
+openai = pytest.importorskip("openai")
+requests = pytest.importorskip("requests")
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+MODEL = "tiny-speckv"
+MAX_TOKENS = 12
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "2 + 2 ="]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _engine_args(target: Path, draft: Path) -> dict:
+    return {
+        "target": {"source": str(target), "dtype": "fp32", "device": "cpu"},
+        "draft": {"kind": "lm", "source": str(draft)},
+        "policy": {"name": "fixed", "gamma": 3},
+        "max_batch_size": 8,
+        "threads": 1,
+    }
+
+
+@pytest.fixture(scope="module")
+def engine_args(tiny_pair_dirs) -> dict:
+    return _engine_args(*tiny_pair_dirs)
+
+
+@pytest.fixture(scope="module")
+def telemetry_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve_telemetry")
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def base_url(engine_args, telemetry_dir, metrics_port):
+    from deploy.app import build_app
+
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             _metrics_export_port=metrics_port, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = build_app({
+            "model_name": MODEL,
+            "engine": engine_args,
+            "num_cpus": 0.5,
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "telemetry_dir": str(telemetry_dir)},
+        })
+        serve.run(app, name="speckv", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def reference(engine_args):
+    """The same engine, in-process: greedy results for raw prompts (completions) and chat prompts."""
+    from speckv.config import EngineConfig, GenerationRequest, SamplingParams
+    from speckv.engine import SpecEngine
+
+    engine = SpecEngine(EngineConfig.model_validate(engine_args))
+    sampling = SamplingParams(max_new_tokens=MAX_TOKENS, temperature=0.0)
+
+    def run(prompts: list[str], raw: bool) -> list[str]:
+        requests = [GenerationRequest(id=str(i), prompt=p, raw_prompt=raw, sampling=sampling)
+                    for i, p in enumerate(prompts)]
+        return [r.text for r in engine.generate(requests)]
+
+    return run
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_completion_matches_engine_and_reports_usage_and_spec_metrics(client, reference):
+    expected = reference(PROMPTS[:1], raw=True)[0]
+    resp = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0)
+    assert resp.choices[0].text == expected
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert resp.usage.prompt_tokens > 0 and 0 < resp.usage.completion_tokens <= MAX_TOKENS
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    spec = resp.model_extra["metrics"]["speculative_decoding"]
+    assert spec["num_draft_tokens"] > 0 and 0 <= spec["num_accepted_tokens"] <= spec["num_draft_tokens"]
+    assert spec["mean_acceptance_length"] >= 1.0
+
+
+def test_chat_greedy_matches_speckv_generate_cli(client, tiny_pair_dirs, tmp_path):
+    """Chat completions give exactly what `speckv generate` writes for the same prompts (chat template both)."""
+    target, draft = tiny_pair_dirs
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": str(i), "prompt": p}) + "\n"
+                                               for i, p in enumerate(PROMPTS)))
+    subprocess.run([sys.executable, "-m", "speckv.cli", "generate", "--input", str(tmp_path / "in.jsonl"),
+                    "--output", str(tmp_path / "out"), "--target", str(target), "--draft", str(draft),
+                    "--draft-kind", "lm", "--dtype", "fp32", "--device", "cpu", "--policy", "fixed", "--gamma", "3",
+                    "--max-new-tokens", str(MAX_TOKENS), "--threads", "1"], check=True, timeout=300)
+    from speckv.io import read_table
+
+    cli = {row["id"]: row["text"] for row in read_table(tmp_path / "out" / "outputs").to_pylist()}
+    for i, prompt in enumerate(PROMPTS):
+        resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                              max_tokens=MAX_TOKENS, temperature=0)
+        assert resp.choices[0].message.content == cli[str(i)], prompt
+        assert resp.choices[0].message.role == "assistant"
+
+
+def test_streaming_completion_and_chat_join_to_the_full_text(client):
+    full = client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=MAX_TOKENS, temperature=0)
+    stream = client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=MAX_TOKENS, temperature=0,
+                                       stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+    messages = [{"role": "user", "content": PROMPTS[2]}]
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    pieces = [c.choices[0].delta.content or "" for c in
+              client.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS,
+                                             temperature=0, stream=True) if c.choices]
+    assert "".join(pieces) == chat.choices[0].message.content
+
+
+def test_stream_is_server_sent_events_ending_in_done(base_url):
+    body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0, "stream": True}
+    with requests.post(f"{base_url}/v1/completions", json=body, timeout=60, stream=True) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in resp.iter_lines(decode_unicode=True) if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    assert "speculative_decoding" in json.loads(events[-2][len("data: "):])["metrics"]
+
+
+def test_32_concurrent_requests_are_batched_and_all_correct(client, reference, telemetry_dir):
+    prompts = [f"Request number {i}: tell me about {w}" for i, w in
+               enumerate(["cats", "dogs", "rivers", "stars", "code", "tea", "rain", "salt"] * 4)]
+    expected = reference(prompts, raw=True)
+
+    def ask(prompt: str) -> str:
+        resp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+        return resp.choices[0].text
+
+    with ThreadPoolExecutor(32) as pool:
+        got = list(pool.map(ask, prompts))
+    assert got == expected
+    # telemetry parts: some engine batch held more than one request
+    from speckv.io import read_table
+
+    deadline = time.time() + 10
+    while not list((telemetry_dir / "telemetry").glob("*.parquet")) and time.time() < deadline:
+        time.sleep(0.2)
+    steps = read_table(telemetry_dir / "telemetry")
+    assert max(steps.column("batch_size").to_pylist()) > 1
+    assert read_table(telemetry_dir / "outputs").num_rows >= 32
+
+
+def test_sampling_with_seed_is_reproducible(client):
+    kwargs = dict(model=MODEL, prompt=PROMPTS[3], max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.9, seed=7)
+    assert client.completions.create(**kwargs).choices[0].text == client.completions.create(**kwargs).choices[0].text
+
+
+@pytest.mark.parametrize("body, status", [
+    ('{"model": "tiny-speckv", "prompt": "hi", ', 400),  # broken JSON
+    ({"model": MODEL, "prompt": "hi", "max_tokens": -5}, 400),
+    ({"model": MODEL, "prompt": "hi", "temperature": -0.1}, 400),
+    ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400),
+    ({"model": MODEL, "prompt": "hi", "top_p": 1.5}, 400),
+    ({"model": MODEL, "prompt": "hi", "n": 3}, 400),
+    ({"model": MODEL}, 400),  # no prompt
+    ({"model": "no-such-model", "prompt": "hi"}, 404),
+    ({"model": MODEL, "prompt": "word " * 1500, "max_tokens": 4}, 400),  # over-long: tiny context is 1024
+])
+def test_bad_completion_input_gets_4xx_with_openai_error(base_url, body, status):
+    content = body if isinstance(body, str) else json.dumps(body)
+    resp = requests.post(f"{base_url}/v1/completions", data=content, timeout=60,
+                      headers={"content-type": "application/json"})
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_bad_chat_input_gets_4xx_through_the_client(client):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[], max_tokens=4)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=-1)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 1500}])
+    assert "context" in str(info.value)
+
+
+def test_spec_metrics_reach_prometheus(client, metrics_port):
+    """Acceptance counters and the γ histogram are exported by Ray's metrics agent (Prometheus text format)."""
+    client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0)
+    wanted = ("ray_speckv_draft_tokens", "ray_speckv_accepted_tokens", "ray_speckv_acceptance_rate",
+              "ray_speckv_gamma_bucket")
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        try:
+            text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        except requests.ConnectionError:
+            text = ""
+        if all(name in text for name in wanted):
+            break
+        time.sleep(2)
+    missing = [name for name in wanted if name not in text]
+    assert not missing, f"not exported: {missing}"
+
+
+def test_overload_gets_503_not_a_crash_or_a_hang(base_url, engine_args):
+    """A replica that holds 1 request with 1 more queued: a burst of 10 gets some 503s, quickly, then recovers."""
+    from deploy.app import SpecKVServer
+
+    app = SpecKVServer.options(
+        max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0.5},
+        user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+    ).bind({"model_name": MODEL, "engine": engine_args})
+    serve.run(app, name="overload", route_prefix="/overload")
+    try:
+        body = {"model": MODEL, "prompt": "Count to one hundred:", "max_tokens": 300, "temperature": 0,
+                "stop": None}
+
+        def post(_: int) -> int:
+            return requests.post(f"{base_url}/overload/v1/completions", json=body, timeout=120).status_code
+
+        start = time.time()
+        with ThreadPoolExecutor(10) as pool:
+            codes = list(pool.map(post, range(10)))
+        assert set(codes) <= {200, 429, 503}, codes
+        assert 200 in codes and (429 in codes or 503 in codes), codes
+        assert time.time() - start < 120
+        assert post(0) == 200  # still serving
+    finally:
+        serve.delete("overload")
