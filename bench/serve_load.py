@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--draft", default="embedded")
     p.add_argument("--draft-kind", default="eagle", choices=["eagle", "lm"])
-    p.add_argument("--policy", default="ar", help="γ-policy (default ar until the embedded EAGLE head ships)")
+    p.add_argument("--policy", default="learned", help="γ-policy; ar = plain batched decoding, no draft")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, nargs="+", default=[8, 16, 64],
                    help="requests per concurrency level (one number per --clients entry)")
