@@ -437,8 +437,10 @@ def simulate_lm(draft, corpus: Corpus, gamma: int, limit: int | None = None) -> 
     from transformers import DynamicCache
 
     per_task: dict[str, Acceptance] = {}
-    n_seq = len(corpus.tokens) if limit is None else min(limit, len(corpus.tokens))
-    for i in tqdm(range(n_seq), desc="draft LM acceptance", unit="prompt"):
+    total = len(corpus.tokens)
+    n_seq = total if limit is None else min(limit, total)
+    picked = [k * total // n_seq for k in range(n_seq)]  # evenly spread, so every task of the mix is measured
+    for i in tqdm(picked, desc="draft LM acceptance", unit="prompt"):
         toks = corpus.tokens[i].tolist()
         pos = corpus.prompt_lens[i]  # last committed token
         cache, cached = DynamicCache(), 0
