@@ -308,7 +308,10 @@ def draft_lm_dir(asset: Path = DRAFT_LM_ASSET, target_source: str = EMBEDDED) ->
     recipe_path, trained_path = asset / RECIPE_FILE, asset / TRAINED_FILE
     if not recipe_path.is_file() or not trained_path.is_file():
         raise FileNotFoundError(f"no draft LM in {asset}: run `speckv distill --kind lm --output {asset}`")
-    digest = hashlib.sha256(recipe_path.read_bytes() + trained_path.read_bytes()).hexdigest()[:16]
+    recipe = json.loads(recipe_path.read_text())
+    # the weights and the layer plan name the checkpoint; measurement metadata in the recipe does not
+    plan = json.dumps([target_source, recipe["frozen"], recipe["trained"]]).encode()
+    digest = hashlib.sha256(plan + trained_path.read_bytes()).hexdigest()[:16]
     out = cache_dir() / "draft_lm" / digest
     if (out / "config.json").is_file():
         return out
@@ -317,7 +320,6 @@ def draft_lm_dir(asset: Path = DRAFT_LM_ASSET, target_source: str = EMBEDDED) ->
             return out
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        recipe = json.loads(recipe_path.read_text())
         source = Path(resolve_source(target_source))
         target_state = load_file(source / "model.safetensors")
         config = draft_lm_config(AutoConfig.from_pretrained(source), len(recipe["frozen"]) + len(recipe["trained"]))
@@ -535,9 +537,15 @@ def command_line(args: argparse.Namespace) -> str:
     """The equivalent ``speckv distill`` invocation, every option spelled out."""
     parts = ["speckv", "distill"]
     for key, value in vars(args).items():
-        if value is None or key == "func":
+        if value is None or value is False or key == "func":
             continue
-        parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
+        flag = f"--{key.replace('_', '-')}"
+        if value is True:
+            parts.append(flag)
+            continue
+        if isinstance(value, Path) and value.is_absolute() and value.is_relative_to(Path.cwd()):
+            value = value.relative_to(Path.cwd())
+        parts += [flag, shlex.quote(str(value))]
     return " ".join(parts)
 
 
