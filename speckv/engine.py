@@ -475,9 +475,8 @@ class SpecEngine:
 
 def _signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Draft top-1 probability and entropy (nats) per row, from the raw draft logits (temperature 1). [B] each."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    probs = logp.exp()
-    entropy = -(probs * logp).sum(dim=-1)
+    probs = torch.softmax(logits.float(), dim=-1)
+    entropy = -torch.xlogy(probs, probs).sum(dim=-1)  # 0·log 0 = 0: a restricted draft head has -inf logits
     return probs.max(dim=-1).values.cpu(), entropy.cpu()
 
 
