@@ -130,18 +130,30 @@ class LearnedPolicy:
     # ---------------------------------------------------------------- protocol
     # Per-step state is plain numpy (a few µs per decision); only what must survive row pruning is in ctx.state.
 
+    #: a row that skipped drafting re-probes after this many plain steps, so its history can recover
+    PROBE_EVERY = 8
+
     def init_state(self, ctx: StepContext) -> None:
-        return None
+        ctx.state["plain_steps"] = torch.zeros(ctx.batch_size, dtype=torch.long)
 
     def budget(self, ctx: StepContext) -> torch.Tensor:
+        """γ_max, or 0 for rows whose recent acceptance cannot pay even for the first draft forward at this batch
+        size: draft one token only if a·verify(B,1) > draft(B) + verify(B,2) − verify(B,1), with a the row's
+        acceptance EMA (a sequence that stopped accepting goes back to plain batched decoding, and re-probes)."""
         n = ctx.batch_size
         self._p_all, self._expected, self._prefix_min = np.ones(n), np.ones(n), np.ones(n)
         if self.fast is not None:
             self._base = self.fast.step_base(ctx.accept_rate_ema.numpy(), ctx.context_len.numpy(), ctx.compression)
-        if ctx.costs is not None:
-            c, draft = ctx.costs, ctx.costs.draft(n)
-            self._costs = [(draft, c.verify(n, 1 + k)) for k in range(self.gamma_max + 2)]
-        return torch.full((n,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
+        gamma = torch.full((n,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
+        if ctx.costs is None:
+            return gamma
+        c, draft = ctx.costs, ctx.costs.draft(n)
+        self._costs = [(draft, c.verify(n, 1 + k)) for k in range(self.gamma_max + 2)]
+        worth = ctx.accept_rate_ema * self._costs[0][1] > draft + self._costs[1][1] - self._costs[0][1]
+        probe = ctx.state["plain_steps"] >= self.PROBE_EVERY
+        go = worth | probe
+        ctx.state["plain_steps"] = torch.where(go, 0, ctx.state["plain_steps"] + 1)
+        return torch.where(go, gamma, 0)
 
     def acceptance(self, ctx: StepContext, pos: int, top1: np.ndarray, entropy: np.ndarray) -> np.ndarray:
         if self.fast is None:
