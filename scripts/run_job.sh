@@ -15,4 +15,4 @@ if ! ray status >/dev/null 2>&1; then
 fi
 trap '[ "$started" = 1 ] && ray stop >/dev/null 2>&1 || true' EXIT
 ray job submit --working-dir . -- python jobs/batch_generate.py \
-  --input speckv/data/bench_mix.jsonl --output "$ROOT/runs/batch" "$@"
+  --input "$ROOT/speckv/data/bench_mix.jsonl" --output "$ROOT/runs/batch" --max-new-tokens 64 "$@"
