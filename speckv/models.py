@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -120,12 +121,30 @@ def resolve_source(source: str, gguf_file: str | None = None) -> Path | str:
     return source  # a hub id: from_pretrained resolves it from the local HF cache (or the network, if allowed)
 
 
+class _OncePerMessage(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+_ONCE = _OncePerMessage()
+
+
 def quantization_config(spec: ModelSpec):
     if spec.quantization == "none":
         return None
     from transformers import BitsAndBytesConfig
 
     if spec.quantization == "int8":
+        # bitsandbytes logs a cast warning on every int8 matmul of every forward; once per process is plenty
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_ONCE)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
