@@ -200,7 +200,9 @@ class SpecEngine:
             logits = self.drafter.draft_logits(last)  # [B, V]
             top1, entropy = _signals(logits)
             t0 = time.perf_counter()
-            drafting &= (pos < budget) & self.policy.keep_drafting(ctx, pos, top1, entropy)
+            decision = self.policy.keep_drafting(ctx, pos, top1, entropy)
+            propose, more = decision if isinstance(decision, tuple) else (decision, decision)
+            drafting &= (pos < budget) & propose
             stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
             ctx.top1_history.append(top1)
             ctx.entropy_history.append(entropy)
@@ -210,6 +212,9 @@ class SpecEngine:
             last = sample(q_pos, u_draft[:, pos])
             draft_tokens[:, pos], q[:, pos] = last, q_pos
             num_draft += drafting.long()
+            drafting &= more  # rows whose next token is not worth a look stop without another draft forward
+            if not bool(drafting.any()):
+                break
         self._sync()
         stats["draft_ms"] = (time.perf_counter() - t_draft) * 1e3 - stats["decision_ms"]
         # 3. verify every row's drafts in one target forward: input [pending, d_0 … d_{k-1}], ragged

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from speckv.costs import CostModel
-from speckv.policies.learned import FEATURES, AcceptanceMLP, LearnedPolicy, feature_matrix
+from speckv.policies.learned import FEATURES, AcceptanceMLP, LearnedPolicy, decide, feature_matrix
 
 FIXED_GAMMAS = (1, 2, 3, 4, 6, 8)
 
@@ -153,6 +153,7 @@ def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: Acceptance
         forwards = k
     else:  # the learned rule, vectorised over steps, exactly as LearnedPolicy.keep_drafting does it
         n = len(arr["ema"])
+        step_costs = [(d, costs.verify(batch, 1 + j)) for j in range(g + 3)]
         p_all, expected = np.ones(n), np.ones(n)
         prefix_min = np.ones(n, np.float32)
         going = np.ones(n, bool)
@@ -160,20 +161,16 @@ def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: Acceptance
         forwards = np.zeros(n, int)
         for pos in range(g):
             going &= arr["drafted"] > pos
-            forwards += going
+            forwards += going  # the draft forward that shows position `pos`
             if mlp is None:
                 a = arr["top1"][:, pos]
             else:
                 with torch.no_grad():
                     a = torch.sigmoid(mlp(position_features(arr, pos, prefix_min))).numpy()
-            p_next = p_all * a
-            spent = (pos + 1) * d + costs.verify(batch, 1 + pos)
-            extra = d + costs.verify(batch, 2 + pos) - costs.verify(batch, 1 + pos)
-            keep = going & (p_next * spent > expected * extra)
-            p_all = np.where(keep, p_next, p_all)
-            expected = np.where(keep, expected + p_next, expected)
+            keep, more, p_all, expected = decide(a, p_all, expected, pos, step_costs)
+            keep &= going
             k += keep
-            going = keep
+            going = keep & more
             prefix_min = np.minimum(prefix_min, arr["top1"][:, pos])
     accepted = np.minimum(k, arr["reject_at"])
     tokens = accepted + 1

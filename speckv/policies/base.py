@@ -4,7 +4,9 @@ A policy answers two questions, batched over the live sequences of a step:
 
 ``budget``         before drafting: at most how many tokens may row b draft this step (0 = plain decoding)?
 ``keep_drafting``  once the draft's distribution for position ``pos`` is known (its top-1 probability and entropy),
-                   should row b propose that token, or stop here?
+                   should row b propose that token, or stop here? A policy may also answer a pair
+                   ``(propose, more)``: propose this token, and whether it is worth drafting past it at all
+                   (``more=False`` saves the draft forward that would only show the next position's signals).
 
 and then ``observe``s the outcome (drafted and accepted counts). It sees only what is known at decision time:
 the draft's signals up to the current position, the acceptance history of earlier steps, the position in the
@@ -52,8 +54,11 @@ class GammaPolicy(Protocol):
     def budget(self, ctx: StepContext) -> torch.Tensor:  # [B] int64 in [0, gamma_max]
         ...
 
-    def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-        """[B] bool: propose the token at draft position ``pos`` (0-based) whose draft top-1 prob/entropy are given."""
+    def keep_drafting(
+        self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """[B] bool: propose the token at draft position ``pos`` (0-based) whose draft top-1 prob/entropy are given;
+        or ([B] propose, [B] more) as described above."""
         ...
 
     def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None: ...

@@ -98,6 +98,30 @@ class _FoldedMLP:
         return 1.0 / (1.0 + np.exp(-(h @ self.w3 + self.b3)))
 
 
+def decide(a: np.ndarray, p_all: np.ndarray, expected: np.ndarray, pos: int, costs: list | None):
+    """The stopping rule, shared by the policy and the offline replay.
+
+    ``a``: P(accept the token at ``pos`` | prefix accepted); ``p_all``/``expected``: P(all proposed so far
+    accepted) and E[tokens] of the step so far; ``costs[k] = (draft ms, verify ms for 1+k tokens)``.
+    Returns (propose, more, p_all', expected'): propose while one more token raises expected tokens per second;
+    look at the next position only if, with the same acceptance again, it could still pay for its draft forward.
+    """
+    p_next = p_all * a
+    if costs is None:  # no costs: keep while the next token is more likely kept than not
+        keep = p_next >= 0.5
+        more = keep & (p_next * a >= 0.5)
+    else:
+        draft, verify_here = costs[pos]
+        spent = (pos + 1) * draft + verify_here  # time of a step that stops before this token
+        extra = draft + costs[pos + 1][1] - verify_here  # marginal time of proposing it
+        keep = p_next * spent > expected * extra
+        # after proposing it, would one more (guessed as likely as this one) beat stopping there?
+        spent2, exp2 = spent + extra, expected + p_next
+        extra2 = draft + costs[min(pos + 2, len(costs) - 1)][1] - costs[pos + 1][1]
+        more = keep & (p_next * a * spent2 > exp2 * extra2)
+    return keep, more, np.where(keep, p_next, p_all), np.where(keep, expected + p_next, expected)
+
+
 class LearnedPolicy:
     name = "learned"
     needs_costs = True
@@ -148,7 +172,7 @@ class LearnedPolicy:
         if ctx.costs is None:
             return gamma
         c, draft = ctx.costs, ctx.costs.draft(n)
-        self._costs = [(draft, c.verify(n, 1 + k)) for k in range(self.gamma_max + 2)]
+        self._costs = [(draft, c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
         worth = ctx.accept_rate_ema * self._costs[0][1] > draft + self._costs[1][1] - self._costs[0][1]
         probe = ctx.state["plain_steps"] >= self.PROBE_EVERY
         go = worth | probe
@@ -160,21 +184,13 @@ class LearnedPolicy:
             return top1
         return self.fast.prob(self._base, top1, entropy, pos, self._prefix_min)
 
-    def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor):
         t1 = top1.numpy()
-        p_next = self._p_all * self.acceptance(ctx, pos, t1, entropy.numpy())
-        expected = self._expected
-        if ctx.costs is None:  # no costs: keep while the next token is more likely kept than not
-            keep = p_next >= 0.5
-        else:
-            draft, verify_here = self._costs[pos]
-            spent = (pos + 1) * draft + verify_here  # time of a step that stops here
-            extra = draft + self._costs[pos + 1][1] - verify_here  # marginal time of one more token
-            keep = p_next * spent > expected * extra
-        self._p_all = np.where(keep, p_next, self._p_all)
-        self._expected = np.where(keep, expected + p_next, expected)
+        a = self.acceptance(ctx, pos, t1, entropy.numpy())
+        keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, pos,
+                                                         self._costs if ctx.costs is not None else None)
         self._prefix_min = np.minimum(self._prefix_min, t1)
-        return torch.from_numpy(keep)
+        return torch.from_numpy(keep), torch.from_numpy(more)
 
     def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
         return None
