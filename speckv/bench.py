@@ -9,7 +9,8 @@ Rows:
 * ``oracle (replay)`` — from the ``fixed8`` run's replayable telemetry: draft exactly as many tokens as will be
   accepted, timed with the engine's measured costs (an estimate, marked as such);
 * ``hf_generate`` and ``hf_assisted`` — ``transformers`` ``generate()`` alone and with
-  ``assistant_model=<the independent draft LM>`` and its default dynamic schedule, one prompt at a time.
+  ``assistant_model=<the independent draft LM>`` and its default dynamic schedule, one prompt at a time;
+* ``METHOD@lm`` — this engine with that same independent draft LM instead of the EAGLE head (same-draft comparison).
 
 Greedy, batch size 1 by default (Hugging Face's assisted generation only supports batch 1).
 """
@@ -28,7 +29,8 @@ import torch
 from speckv.config import EMBEDDED, DraftSpec, EngineConfig, GenerationRequest, PolicySpec, SamplingParams
 
 DATA = Path(__file__).resolve().parent / "data"
-METHODS = ("ar", "fixed1", "fixed2", "fixed4", "fixed8", "heuristic", "confidence", "entropy", "ema", "learned")
+METHODS = ("ar", "fixed1", "fixed2", "fixed4", "fixed8", "heuristic", "confidence", "entropy", "ema", "learned",
+           "fixed2@lm", "learned@lm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,18 +134,24 @@ def run(args: argparse.Namespace) -> int:
     for level in args.compressions.split(","):
         spec = compression_spec(level, args.target)
         target, device = load_causal_lm(spec)
-        drafter = build_drafter(DraftSpec(kind="eagle"), target, spec, device)
+        drafters = {"eagle": build_drafter(DraftSpec(kind="eagle"), target, spec, device)}
         assistant = None
-        if not args.no_hf and spec.quantization == "none":
+        if any(m.endswith("@lm") for m in methods) or (not args.no_hf and spec.quantization == "none"):
             from speckv.distill import draft_lm_dir
+            from speckv.drafters.draft_lm import DraftLM
 
-            assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir())}))
+            # the independent draft LM, shared by HF's assisted generation and this engine's "@lm" methods
+            assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir()), "quantization": "none"}))
+            drafters["lm"] = DraftLM(assistant, device, target.config.vocab_size)
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            engines = {m: SpecEngine(EngineConfig(target=spec, policy=policy_spec(m), max_batch_size=batch),
-                                     target=target, tokenizer=tokenizer, drafter=drafter, device=device,
-                                     actor_id=f"bench-{level}-{batch}") for m in methods}
+            engines = {m: SpecEngine(EngineConfig(target=spec, policy=policy_spec(m.split("@")[0]),
+                                                  draft=DraftSpec(kind=m.split("@")[1] if "@" in m else "eagle"),
+                                                  max_batch_size=batch),
+                                     target=target, tokenizer=tokenizer,
+                                     drafter=drafters[m.split("@")[1] if "@" in m else "eagle"],
+                                     device=device, actor_id=f"bench-{level}-{batch}") for m in methods}
             runners = {m: (lambda e=e: engine_run(e, requests)) for m, e in engines.items()}
-            if assistant is not None and batch == 1:
+            if not args.no_hf and assistant is not None and batch == 1:
                 runners["hf_generate"] = lambda: hf_run(target, tokenizer, requests)
                 runners["hf_assisted"] = lambda: hf_run(target, tokenizer, requests, assistant)
             runs: dict[str, list[dict]] = defaultdict(list)

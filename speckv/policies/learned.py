@@ -129,6 +129,7 @@ class LearnedPolicy:
     def __init__(self, mlp: AcceptanceMLP | None, gamma_max: int, meta: dict | None = None) -> None:
         self.mlp, self.gamma_max, self.meta = mlp, gamma_max, meta or {}
         self.fast = _FoldedMLP(mlp) if mlp is not None else None
+        self._cost_table: dict[tuple[int, int], list[tuple[float, float]]] = {}
 
     @classmethod
     def load(cls, path: str | Path | None, gamma_max: int) -> LearnedPolicy:
@@ -171,8 +172,11 @@ class LearnedPolicy:
         gamma = torch.full((n,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
         if ctx.costs is None:
             return gamma
-        c, draft = ctx.costs, ctx.costs.draft(n)
-        self._costs = [(draft, c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
+        if (n, id(ctx.costs)) not in self._cost_table:  # interpolate once per batch size, not every step
+            c, draft = ctx.costs, ctx.costs.draft(n)
+            self._cost_table[(n, id(ctx.costs))] = [(draft, c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
+        self._costs = self._cost_table[(n, id(ctx.costs))]
+        draft = self._costs[0][0]
         worth = ctx.accept_rate_ema * self._costs[0][1] > draft + self._costs[1][1] - self._costs[0][1]
         probe = ctx.state["plain_steps"] >= self.PROBE_EVERY
         go = worth | probe
