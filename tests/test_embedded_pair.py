@@ -34,4 +34,7 @@ def test_greedy_parity_embedded_pair_fp32(fp32_engine_parts, policy):
         assert res.token_ids == ref, (policy, req.prompt)
     drafted = sum(r.summary["num_draft_tokens"] for r in results)
     accepted = sum(r.summary["num_accepted_tokens"] for r in results)
-    assert drafted > 0 and accepted > 0  # the shipped head is a real draft, not a no-op
+    if policy == "fixed":
+        assert drafted > 0 and accepted > 0  # the shipped head is a real draft, not a no-op
+    # 'learned' may rightly draft nothing here: on CPU an fp32 target verifies 2 tokens in ~1.6× the time of one,
+    # so the measured costs make plain decoding the faster choice; parity must hold either way
