@@ -196,8 +196,11 @@ def summarize_level(level, batch, runs, engine, replay, step_arrays) -> list[dic
     for r in rows:
         for ref in ("fixed4", "ar"):
             r[f"x_{ref}"] = r["tok_s"] / by_method[ref]["tok_s"] if ref in by_method else float("nan")
-    parity = [runs[m][0]["outputs"] for m in runs if m not in ("hf_assisted",)]
-    rows[0]["greedy_outputs_identical"] = all(o == parity[0] for o in parity)
+    reference = runs["hf_generate"][0]["outputs"] if "hf_generate" in runs else runs.get("ar", [{}])[0].get("outputs")
+    for r in rows:
+        outputs = runs.get(r["method"], [{}])[0].get("outputs")
+        if reference is not None and outputs is not None:  # share of prompts whose greedy output is the target's own
+            r["same_as_plain"] = sum(a == b for a, b in zip(outputs, reference)) / len(reference)
     return rows
 
 
@@ -205,10 +208,11 @@ def write_outputs(table: list[dict], args, n_prompts: int) -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     cols = ["compression", "batch", "method", "tok_s", "x_fixed4", "x_ar", "mean_acceptance_length",
-            "tokens_per_target_forward", "draft_share", "verify_share", "decision_ms_p50", "decision_ms_p99"]
+            "tokens_per_target_forward", "draft_share", "verify_share", "decision_ms_p50", "decision_ms_p99",
+            "same_as_plain"]
     tasks = sorted({k for r in table for k in r if k.startswith("tok_s_")})
     with open(out / f"{args.name}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=cols + tasks + ["greedy_outputs_identical"], extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=cols + tasks, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
 
@@ -224,8 +228,9 @@ def write_outputs(table: list[dict], args, n_prompts: int) -> None:
              "| " + " | ".join(cols + tasks) + " |", "|" + "---|" * (len(cols) + len(tasks))]
     for r in table:
         lines.append("| " + " | ".join(fmt(r.get(c, float("nan"))) for c in cols + tasks) + " |")
-    identical = [r.get("greedy_outputs_identical") for r in table if "greedy_outputs_identical" in r]
-    lines += ["", f"Greedy outputs identical across all engine methods and hf_generate: {all(identical)}"]
+    lines += ["", "`same_as_plain`: share of prompts whose greedy output equals plain decoding's (`hf_generate`, else "
+              "`ar`) token for token. fp32 parity is exact (tests); in bf16 a multi-token verify forward rounds "
+              "differently from one-token forwards, so near-tied argmaxes can flip."]
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
