@@ -196,8 +196,10 @@ class SpecEngine:
         t_draft = time.perf_counter()
         last = None
         u_draft = self._uniforms(batch, budget, width)
+        forwards = 0
         for pos in range(width):
             logits = self.drafter.draft_logits(last)  # [B, V]
+            forwards += 1
             top1, entropy = _signals(logits)
             t0 = time.perf_counter()
             decision = self.policy.keep_drafting(ctx, pos, top1, entropy)
@@ -239,6 +241,8 @@ class SpecEngine:
             self.drafter.commit(new_tokens, num_accepted + 1, hidden)
         batch.pending = next_token
         num_accepted = num_accepted.cpu()
+        ctx.last_step = {"batch": n_rows, "forwards": forwards, "draft_ms": stats["draft_ms"],
+                         "verify_ms": stats["verify_ms"], "tokens": k + 1}
         t0 = time.perf_counter()
         self.policy.observe(ctx, num_draft, num_accepted)
         stats["decision_ms"] += (time.perf_counter() - t0) * 1e3

@@ -31,6 +31,8 @@ def to_probs(
     batch, vocab = logits.shape[0], logits.shape[-1]
     assert temperature.shape == top_k.shape == top_p.shape == (batch,)
     view = (batch,) + (1,) * (logits.dim() - 1)  # broadcast per-row parameters
+    if bool((temperature == 0).all()):  # all greedy: skip the softmax work (this runs once per drafted position)
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), vocab).float()
     logits = logits.float()
     greedy = (temperature == 0).view(view)
     scaled = logits / torch.where(temperature == 0, 1.0, temperature).view(view)

@@ -130,6 +130,10 @@ class LearnedPolicy:
         self.mlp, self.gamma_max, self.meta = mlp, gamma_max, meta or {}
         self.fast = _FoldedMLP(mlp) if mlp is not None else None
         self._cost_table: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        # what a real step costs beyond the calibrated forwards (sampling, verification, bookkeeping), learned online
+        # from measured steps: ms per row per draft forward, and ms per row per verified token
+        self._draft_extra = 0.0
+        self._verify_extra = 0.0
 
     @classmethod
     def load(cls, path: str | Path | None, gamma_max: int) -> LearnedPolicy:
@@ -172,10 +176,12 @@ class LearnedPolicy:
         gamma = torch.full((n,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
         if ctx.costs is None:
             return gamma
-        if (n, id(ctx.costs)) not in self._cost_table:  # interpolate once per batch size, not every step
-            c, draft = ctx.costs, ctx.costs.draft(n)
-            self._cost_table[(n, id(ctx.costs))] = [(draft, c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
-        self._costs = self._cost_table[(n, id(ctx.costs))]
+        key = (n, id(ctx.costs))
+        if key not in self._cost_table:  # interpolate once per batch size, not every step
+            c = ctx.costs
+            self._cost_table[key] = [(c.draft(n), c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
+        dx, vx = self._draft_extra * n, self._verify_extra * n
+        self._costs = [(d + dx, v + vx * (1 + k)) for k, (d, v) in enumerate(self._cost_table[key])]
         draft = self._costs[0][0]
         worth = ctx.accept_rate_ema * self._costs[0][1] > draft + self._costs[1][1] - self._costs[0][1]
         probe = ctx.state["plain_steps"] >= self.PROBE_EVERY
@@ -196,5 +202,16 @@ class LearnedPolicy:
         self._prefix_min = np.minimum(self._prefix_min, t1)
         return torch.from_numpy(keep), torch.from_numpy(more)
 
+    OVERHEAD_EMA = 0.2
+
     def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        return None
+        """Correct the calibrated costs with the step the engine just measured (so decisions price the whole step)."""
+        step, c = ctx.last_step, ctx.costs
+        if not step or c is None:
+            return
+        n, w = step["batch"], self.OVERHEAD_EMA
+        verify_extra = (step["verify_ms"] - c.verify(n, step["tokens"])) / (n * step["tokens"])
+        self._verify_extra = (1 - w) * self._verify_extra + w * max(verify_extra, 0.0)
+        if step["forwards"]:
+            draft_extra = (step["draft_ms"] / step["forwards"] - c.draft(n)) / n
+            self._draft_extra = (1 - w) * self._draft_extra + w * max(draft_extra, 0.0)
