@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from speckv.config import EMBEDDED, ModelSpec
 
@@ -196,6 +196,3 @@ def check_same_tokenizer(target: PreTrainedTokenizerBase, draft: PreTrainedToken
             f"{only_t} tokens only in the {names[0]}, {only_d} only in the {names[1]}"
         )
 
-
-def embedded_config_dict(source: str) -> dict:
-    return AutoConfig.from_pretrained(resolve_source(source)).to_dict()
