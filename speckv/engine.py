@@ -281,11 +281,9 @@ class SpecEngine:
                 per_row_hidden = [hidden[b, : len(r.prompt_ids)] for b, r in enumerate(rows)] if hidden is not None else None
                 self.drafter.prefill([r.prompt_ids for r in rows], first, per_row_hidden)
         self._emit(batch, first.cpu()[:, None], torch.ones(len(rows), dtype=torch.long), None, None, progress)
-        step = 0
         while batch.rows:
             new_tokens, num_new, flags, stats = self._speculative_step(batch)
             self._emit(batch, new_tokens, num_new, flags, stats, progress)
-            step += 1
 
     def _emit(self, batch: _Batch, new_tokens, num_new, flags, stats, progress: ProgressFn | None) -> None:
         """Append each row's committed tokens, cut at EOS / stop strings / max_new_tokens, log telemetry, and drop
