@@ -73,9 +73,9 @@ def step_arrays(df) -> dict[str, np.ndarray]:
 
 def position_features(arr: dict, pos: int, prefix_min: np.ndarray) -> torch.Tensor:
     n = len(arr["ema"])
-    return feature_matrix(torch.from_numpy(arr["top1"][:, pos]), torch.from_numpy(arr["entropy"][:, pos]),
-                          torch.full((n,), pos), torch.from_numpy(arr["ema"]), torch.from_numpy(prefix_min),
-                          torch.from_numpy(arr["context"]), list(arr["compression"]))
+    return feature_matrix(torch.tensor(arr["top1"][:, pos]), torch.tensor(arr["entropy"][:, pos]),
+                          torch.full((n,), pos), torch.tensor(arr["ema"]), torch.tensor(prefix_min),
+                          torch.tensor(arr["context"]), list(arr["compression"]))
 
 
 def samples(arr: dict) -> tuple[torch.Tensor, torch.Tensor]:
