@@ -93,14 +93,13 @@ def engine_run(engine, requests) -> dict:
 
 
 def hf_run(target, tokenizer, requests, assistant=None) -> dict:
-    from speckv.engine import SpecEngine
+    from speckv.engine import encode_request
 
-    encode = SpecEngine._encode.__get__(type("E", (), {"tokenizer": tokenizer})())
     tokens, wall = 0, 0.0
     per_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     outputs = []
     for req in requests:
-        ids = torch.tensor([encode(req)], device=target.device)
+        ids = torch.tensor([encode_request(tokenizer, req)], device=target.device)
         start = time.perf_counter()
         with torch.inference_mode():
             out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=req.sampling.max_new_tokens,
@@ -123,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
     from speckv.drafters import build_drafter
     from speckv.engine import SpecEngine
     from speckv.models import load_causal_lm, load_tokenizer
-    from speckv.train_policy import replay, step_arrays
 
     if args.quick:
         args.per_task, args.max_new_tokens, args.repeats = 1, 12, 1
@@ -163,13 +161,15 @@ def run(args: argparse.Namespace) -> int:
                     bar.update(1)
             bar.close()
             cost_engine = engines.get("learned") or next(iter(engines.values()))
-            table += summarize_level(level, batch, runs, cost_engine, replay, step_arrays)
+            table += summarize_level(level, batch, runs, cost_engine)
     write_outputs(table, args, len(requests))
     return 0
 
 
-def summarize_level(level, batch, runs, engine, replay, step_arrays) -> list[dict]:
+def summarize_level(level, batch, runs, engine) -> list[dict]:
     import pandas as pd
+
+    from speckv.train_policy import replay, step_arrays
 
     rows = []
     for name, reps in runs.items():

@@ -408,17 +408,7 @@ class SpecEngine:
         return _Row(result=result, request=request, prompt_ids=ids, generator=generator)
 
     def _encode(self, request: GenerationRequest) -> list[int]:
-        if request.raw_prompt and request.prompt is not None:
-            return self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
-        messages = [m.model_dump() for m in request.messages] if request.messages else [
-            {"role": "user", "content": request.prompt}]
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            text = "\n".join(m["content"] for m in messages)
-            return self.tokenizer(text)["input_ids"]
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(encoded, dict) or hasattr(encoded, "keys"):
-            encoded = encoded["input_ids"]
-        return list(encoded)
+        return encode_request(self.tokenizer, request)
 
     @staticmethod
     def _prompt_text(request: GenerationRequest) -> str:
@@ -480,6 +470,20 @@ class SpecEngine:
             torch.cuda.synchronize(self.device)
 
 
+def encode_request(tokenizer, request: GenerationRequest) -> list[int]:
+    """Prompt token ids: the chat template for prompts and messages, the raw text for ``raw_prompt`` requests."""
+    if request.raw_prompt and request.prompt is not None:
+        return tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
+    messages = [m.model_dump() for m in request.messages] if request.messages else [
+        {"role": "user", "content": request.prompt}]
+    if getattr(tokenizer, "chat_template", None) is None:
+        return tokenizer("\n".join(m["content"] for m in messages))["input_ids"]
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(encoded, "keys"):  # newer transformers return a BatchEncoding
+        encoded = encoded["input_ids"]
+    return list(encoded)
+
+
 def _signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Draft top-1 probability and entropy (nats) per row, from the raw draft logits (temperature 1). [B] each."""
     probs = torch.softmax(logits.float(), dim=-1)
@@ -487,4 +491,4 @@ def _signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return probs.max(dim=-1).values.cpu(), entropy.cpu()
 
 
-__all__ = ["SpecEngine", "GenerationResult", "RequestError"]
+__all__ = ["SpecEngine", "GenerationResult", "RequestError", "encode_request"]
