@@ -525,6 +525,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="eagle: head over the first N token ids at inference (0: full vocabulary)")
     parser.add_argument("--frozen-layers", type=str, default="0,1", help="lm: target layers copied and frozen")
     parser.add_argument("--trained-layers", type=str, default="28,29", help="lm: target layers to start from, trained")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="eagle: continue training the head saved in this dir (default: start from the target's "
+                             "last layer)")
     parser.add_argument("--gamma", type=int, default=4, help="γ of the acceptance measurement")
     parser.add_argument("--eval-prompts", type=int, default=None, help="lm: bench prompts to measure (default all)")
     parser.add_argument("--eval-only", action="store_true",
@@ -537,7 +540,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The equivalent ``speckv distill`` invocation, every option spelled out."""
     parts = ["speckv", "distill"]
     for key, value in vars(args).items():
-        if value is None or value is False or key == "func":
+        if value is None or value is False or key in ("func", "command"):
             continue
         flag = f"--{key.replace('_', '-')}"
         if value is True:
@@ -598,7 +601,12 @@ def run(args: argparse.Namespace) -> int:
           f"({train.answer_tokens} answer tokens); bench {len(bench.tokens)} sequences; {data_s:.0f} s", flush=True)
 
     # training runs on fp32 master weights with bf16 autocast (the CPU has bf16 matmuls)
-    if args.kind == "eagle":
+    previous = None
+    if args.kind == "eagle" and args.init is not None:
+        init = EagleDrafter.load(args.init, target, device)
+        model = init.head.float().requires_grad_(True)
+        previous = {k: init.metadata.get(k) for k in ("command", "steps", "train_wall_s", "continued_from")}
+    elif args.kind == "eagle":
         model = init_eagle_head(target)
     else:
         frozen, trained = parse_layers(args.frozen_layers), parse_layers(args.trained_layers)
@@ -659,6 +667,8 @@ def run(args: argparse.Namespace) -> int:
         "train_wall_s": round(train_s, 1),
         "date": _now(),
     }
+    if previous:
+        metadata["continued_from"] = previous
     output.mkdir(parents=True, exist_ok=True)
     if args.kind == "eagle":
         metadata["draft_vocab"] = args.draft_vocab or None

@@ -24,7 +24,7 @@ from speckv.drafters.draft_lm import pad_right
 from speckv.policies import build_policy
 from speckv.policies.base import GammaPolicy, StepContext
 from speckv.telemetry import summarize
-from speckv.verify import sample, to_probs, verify
+from speckv.verify import sample, to_probs, verify, verify_greedy
 
 ProgressFn = Callable[[int, int], None]  # (requests finished, tokens generated) since the last call
 
@@ -91,6 +91,7 @@ class _Batch:
     ctx: StepContext
     cache: object  # RaggedCache of the target
     start: float
+    greedy: bool = False  # every row greedy: draft and verify on token ids (no [B, K, V] distributions)
 
     def select(self, keep: list[int]) -> None:
         idx = torch.tensor(keep, dtype=torch.long)
@@ -189,7 +190,8 @@ class SpecEngine:
         # 2. draft: row b proposes up to budget[b] tokens; the policy may stop it early from the draft's signals
         width = int(budget.max())
         draft_tokens = torch.zeros(n_rows, width, dtype=torch.long, device=dev)
-        q = torch.zeros(n_rows, width, self.vocab_size, device=dev)  # q: draft probs of the proposals
+        # q: draft probs of the proposals (an all-greedy batch verifies on token ids and needs none)
+        q = None if batch.greedy else torch.zeros(n_rows, width, self.vocab_size, device=dev)
         num_draft = torch.zeros(n_rows, dtype=torch.long)
         drafting = budget > 0
         ctx.top1_history, ctx.entropy_history = [], []
@@ -198,21 +200,24 @@ class SpecEngine:
         u_draft = self._uniforms(batch, budget, width)
         forwards = 0
         for pos in range(width):
-            logits = self.drafter.draft_logits(last)  # [B, V]
+            logits = self.drafter.draft_logits(last)  # [B, V'], V' ≤ V: ids past V' have draft probability 0
             forwards += 1
             top1, entropy = _signals(logits)
             t0 = time.perf_counter()
             decision = self.policy.keep_drafting(ctx, pos, top1, entropy)
+            stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
             propose, more = decision if isinstance(decision, tuple) else (decision, decision)
             drafting &= (pos < budget) & propose
-            stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
             ctx.top1_history.append(top1)
             ctx.entropy_history.append(entropy)
             if not bool(drafting.any()):
                 break
-            q_pos = to_probs(logits, batch.temperature, batch.top_k, batch.top_p)
-            last = sample(q_pos, u_draft[:, pos])
-            draft_tokens[:, pos], q[:, pos] = last, q_pos
+            if batch.greedy:
+                last = logits.argmax(dim=-1)
+            else:
+                q[:, pos, : logits.shape[1]] = to_probs(logits, batch.temperature, batch.top_k, batch.top_p)
+                last = sample(q[:, pos], u_draft[:, pos])
+            draft_tokens[:, pos] = last
             num_draft += drafting.long()
             drafting &= more  # rows whose next token is not worth a look stop without another draft forward
             if not bool(drafting.any()):
@@ -225,10 +230,12 @@ class SpecEngine:
         inputs = torch.cat([batch.pending[:, None], draft_tokens[:, :k]], dim=1)  # [B, k+1]
         valid = torch.arange(k + 1)[None, :] <= num_draft[:, None]
         logits, hidden = self._target_forward(batch.cache, inputs, valid.to(dev))  # [B, k+1, V], [B, k+1, H]
-        p = to_probs(logits, batch.temperature, batch.top_k, batch.top_p)  # p: target probs
-        num_draft_dev = num_draft.to(dev)
-        u_verify = self._uniforms(batch, num_draft + 1, k + 1, last_at_end=True)
-        num_accepted, next_token, accept = verify(draft_tokens[:, :k], num_draft_dev, q[:, :k], p, u_verify)
+        if batch.greedy:
+            num_accepted, next_token, accept = verify_greedy(draft_tokens[:, :k], num_draft.to(dev), logits.argmax(-1))
+        else:
+            p = to_probs(logits, batch.temperature, batch.top_k, batch.top_p)  # p: target probs
+            u_verify = self._uniforms(batch, num_draft + 1, k + 1, last_at_end=True)
+            num_accepted, next_token, accept = verify(draft_tokens[:, :k], num_draft.to(dev), q[:, :k], p, u_verify)
         self._sync()
         stats["verify_ms"] = (time.perf_counter() - t_verify) * 1e3
         stats["max_tokens_verified"] = k + 1
@@ -242,7 +249,7 @@ class SpecEngine:
         batch.pending = next_token
         num_accepted = num_accepted.cpu()
         ctx.last_step = {"batch": n_rows, "forwards": forwards, "draft_ms": stats["draft_ms"],
-                         "verify_ms": stats["verify_ms"], "tokens": k + 1}
+                         "verify_ms": stats["verify_ms"], "tokens": k + 1}  # the loop adds the step's wall_ms
         t0 = time.perf_counter()
         self.policy.observe(ctx, num_draft, num_accepted)
         stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
@@ -269,6 +276,7 @@ class SpecEngine:
             ctx=self._new_context(rows),
             cache=RaggedCache(len(rows), dev),
             start=start,
+            greedy=all(s.greedy for s in params),
         )
         self.policy.init_state(batch.ctx)
         with torch.inference_mode():
@@ -282,8 +290,10 @@ class SpecEngine:
                 self.drafter.prefill([r.prompt_ids for r in rows], first, per_row_hidden)
         self._emit(batch, first.cpu()[:, None], torch.ones(len(rows), dtype=torch.long), None, None, progress)
         while batch.rows:
+            t0 = time.perf_counter()
             new_tokens, num_new, flags, stats = self._speculative_step(batch)
             self._emit(batch, new_tokens, num_new, flags, stats, progress)
+            batch.ctx.last_step["wall_ms"] = (time.perf_counter() - t0) * 1e3  # the whole step, bookkeeping included
 
     def _emit(self, batch: _Batch, new_tokens, num_new, flags, stats, progress: ProgressFn | None) -> None:
         """Append each row's committed tokens, cut at EOS / stop strings / max_new_tokens, log telemetry, and drop

@@ -68,7 +68,17 @@ def step_arrays(df) -> dict[str, np.ndarray]:
     first_false = np.where(~acc | (np.arange(g)[None] >= drafted[:, None]), np.arange(g)[None], g).min(axis=1)
     return {"top1": top1, "entropy": ent, "accept": acc, "drafted": drafted, "reject_at": first_false,
             "ema": df["accept_rate_ema"].to_numpy(np.float32), "context": df["context_len"].to_numpy(),
-            "compression": df["compression"].to_numpy()}
+            "compression": df["compression"].to_numpy(),
+            # which steps ran together in one batched step (for replays at batch > 1)
+            "group": batch_groups(df)}
+
+
+def batch_groups(df) -> np.ndarray:
+    """One id per batched step: the telemetry rows of one actor that share a batch_step_id."""
+    keys = df["actor_id"].astype(str) + "/" + df["batch_step_id"].astype(str)
+    alone = df["batch_step_id"].isna().to_numpy()  # rows logged without one (older telemetry) stand alone
+    keys[alone] = [f"row{i}" for i in np.flatnonzero(alone)]
+    return np.unique(keys.to_numpy(), return_inverse=True)[1]
 
 
 def position_features(arr: dict, pos: int, prefix_min: np.ndarray) -> torch.Tensor:
@@ -142,8 +152,14 @@ def auc(p: torch.Tensor, y: torch.Tensor) -> float:
 
 def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: AcceptanceMLP | None = None,
            gamma: int = 0) -> dict:
-    """Replay greedy steps under a policy; tokens per step and estimated tokens/s under ``costs``."""
+    """Replay greedy steps under a policy; tokens per step and estimated tokens/s under ``costs``.
+
+    At ``batch`` 1 every step stands alone. At a larger batch the steps that ran together (same ``batch_step_id``
+    of the same actor) form one batched step: its time is set by its widest row (the most draft forwards, the most
+    tokens verified), as in the engine, and the learned rule decides per column for the batch."""
     g = arr["top1"].shape[1]
+    n = len(arr["ema"])
+    group = arr["group"] if batch > 1 else np.arange(n)
     d = costs.draft(batch)
     if policy == "fixed":
         k = np.minimum(gamma, arr["drafted"])
@@ -152,7 +168,6 @@ def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: Acceptance
         k = np.minimum(arr["reject_at"], arr["drafted"])
         forwards = k
     else:  # the learned rule, vectorised over steps, exactly as LearnedPolicy.keep_drafting does it
-        n = len(arr["ema"])
         step_costs = [(d, costs.verify(batch, 1 + j)) for j in range(g + 3)]
         p_all, expected = np.ones(n), np.ones(n)
         prefix_min = np.ones(n, np.float32)
@@ -167,19 +182,25 @@ def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: Acceptance
             else:
                 with torch.no_grad():
                     a = torch.sigmoid(mlp(position_features(arr, pos, prefix_min))).numpy()
-            keep, more, p_all, expected = decide(a, p_all, expected, pos, step_costs)
-            keep &= going
+            keep, more, p_all, expected = decide(a, p_all, expected, going, pos, step_costs,
+                                                 None if batch == 1 else group)
             k += keep
             going = keep & more
             prefix_min = np.minimum(prefix_min, arr["top1"][:, pos])
-    accepted = np.minimum(k, arr["reject_at"])
-    tokens = accepted + 1
-    seconds = (forwards * d + np.array([costs.verify(batch, 1 + int(x)) for x in k])) / 1e3
-    ar_seconds = costs.verify(batch, 1) / 1e3  # one plain decoding step, one token
+    tokens = np.minimum(k, arr["reject_at"]) + 1
+    _, inverse, rows = np.unique(group, return_inverse=True, return_counts=True)
+    widest = np.zeros(len(rows), int)
+    np.maximum.at(widest, inverse, k)
+    most_forwards = np.zeros(len(rows), int)
+    np.maximum.at(most_forwards, inverse, forwards)
+    seconds = (most_forwards * d + np.array([costs.verify(batch, 1 + int(x)) for x in widest])) / 1e3
+    # each batched step stands for `batch` rows: its tokens are scaled up when fewer rows ran together
+    step_tokens = np.bincount(inverse, weights=tokens) * batch / rows
+    ar_seconds = costs.verify(batch, 1) / 1e3  # one plain decoding step, one token per row
     return {
         "tokens_per_step": float(tokens.mean()),
-        "tokens_per_s": float(tokens.sum() / seconds.sum() * batch),  # every row of the batch emits its tokens
-        "speedup_vs_ar": float(tokens.sum() / seconds.sum() * ar_seconds),  # ar: one token per row per step
+        "tokens_per_s": float(step_tokens.sum() / seconds.sum()),
+        "speedup_vs_ar": float(step_tokens.sum() / seconds.sum() * ar_seconds / batch),
         "mean_gamma": float(k.mean()),
         "gamma_hist": np.bincount(k, minlength=g + 1).tolist(),
     }

@@ -91,3 +91,17 @@ def verify(
     empty = residual.sum(dim=-1, keepdim=True) <= 1e-12
     residual = torch.where(empty, p_next, residual)
     return num_accepted, sample(residual, uniforms[:, k]), accept
+
+
+def verify_greedy(
+    draft_tokens: torch.Tensor,  # [B, K] proposed tokens (padding past num_draft)
+    num_draft: torch.Tensor,  # [B] real proposals per row, 0..K
+    target_tokens: torch.Tensor,  # [B, K+1] the target's argmax at the K+1 verified positions
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # num_accepted [B], next_token [B], accept [B, K]
+    """:func:`verify` for all-greedy batches, on token ids instead of one-hot distributions (same results, no
+    [B, K, V] tensors): accept while the draft equals the target's argmax; the final token is the target's argmax."""
+    batch, k = draft_tokens.shape
+    assert num_draft.shape == (batch,) and target_tokens.shape == (batch, k + 1)
+    accept = (draft_tokens == target_tokens[:, :k]) & (torch.arange(k, device=draft_tokens.device) < num_draft[:, None])
+    num_accepted = torch.cumprod(accept.long(), dim=1).sum(dim=1)
+    return num_accepted, target_tokens.gather(1, num_accepted[:, None]).squeeze(1), accept

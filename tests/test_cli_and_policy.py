@@ -149,3 +149,49 @@ def test_learned_policy_keeps_greedy_parity(tokenizer, with_weights, tmp_path):
         ids = engine._encode(req)
         ref = target.generate(torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16, do_sample=False)
         assert res.token_ids == ref[0, len(ids):].tolist()
+
+
+def test_a_column_is_drafted_only_when_the_whole_batch_pays_for_it():
+    from speckv.policies.learned import decide
+
+    # verifying one more token per row costs 10 ms on a 100 ms step: worth it if the batch expects > 0.1 × its tokens
+    costs = [(5.0, 100.0), (5.0, 110.0), (5.0, 120.0), (5.0, 130.0)]
+    ones = np.ones(1)
+    keep, _, _, _ = decide(np.array([0.5]), ones, ones, np.ones(1, bool), 0, costs)
+    assert keep.all()  # alone, a 50 % token pays: 0.5 · 105 > 1 · 10
+    # the same row in a batch of 8 where the others expect nothing: 0.5 · 105 < 8 · 10, so nobody drafts
+    a = np.array([0.5] + [0.0] * 7)
+    keep, _, _, _ = decide(a, np.ones(8), np.ones(8), np.ones(8, bool), 0, costs)
+    assert not keep.any()
+    # a batch that expects enough together drafts the column in every live row, a hopeless row included
+    a = np.array([0.9] * 7 + [0.0])
+    live = np.array([True] * 6 + [False, True])
+    keep, _, _, _ = decide(a, np.ones(8), np.ones(8), live, 0, costs)
+    assert keep.tolist() == live.tolist()
+    # groups decide independently (the offline replay of batched steps)
+    a = np.array([0.9, 0.9, 0.05, 0.05])
+    keep, _, _, _ = decide(a, np.ones(4), np.ones(4), np.ones(4, bool), 0, costs, group=np.array([0, 0, 1, 1]))
+    assert keep.tolist() == [True, True, False, False]
+
+
+def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
+    costs = CostModel([1, 8], [1, 2], [[40, 45], [70, 90]], [5, 30])  # a drafted column costs 50 ms at batch 8
+    b = 8
+    ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
+                      last_num_draft=torch.zeros(b), last_num_accepted=torch.zeros(b),
+                      accept_rate_ema=torch.full((b,), 0.5), compression="bf16", costs=costs, gamma_max=4)
+    policy = LearnedPolicy(None, 4)
+    policy.init_state(ctx)
+    ctx.state["first_accept_ema"][:] = 0.3  # 8 · 0.3 · 70 < 8 · 50: drafting cannot pay here
+    budgets = [int(policy.budget(ctx).max()) for _ in range(40)]
+    probes = [i for i, g in enumerate(budgets) if g > 0]
+    assert probes[:2] == [8, 25]  # a probe after 8 plain steps, the next after 16 more
+    ctx.state["first_accept_ema"][:] = 0.9  # 8 · 0.9 · 70 > 8 · 50: it pays again
+    assert int(policy.budget(ctx).min()) == 4
+    # the same acceptance on one row alone pays (0.3 · 40 > 5 + 45 − 40)
+    one = StepContext(batch_size=1, context_len=torch.full((1,), 100), num_generated=torch.zeros(1),
+                      last_num_draft=torch.zeros(1), last_num_accepted=torch.zeros(1),
+                      accept_rate_ema=torch.full((1,), 0.5), compression="bf16", costs=costs, gamma_max=4)
+    policy.init_state(one)
+    one.state["first_accept_ema"][:] = 0.3
+    assert int(policy.budget(one)[0]) == 4

@@ -125,9 +125,10 @@ def test_restricted_vocab_is_lossless_shape(head, target):
     drafter = make(head, target, draft_vocab=100)
     prefill(drafter, target, PROMPTS, FIRSTS)
     logits = drafter.draft_logits(None)
-    assert logits.shape == (3, VOCAB)
-    assert torch.isinf(logits[:, 100:]).all() and torch.isfinite(logits[:, :100]).all()
-    assert int(logits.argmax(-1).max()) < 100
+    assert logits.shape == (3, 100) and torch.isfinite(logits).all()  # ids from 100 on: probability 0
+    full = make(head, target)
+    prefill(full, target, PROMPTS, FIRSTS)
+    torch.testing.assert_close(logits, full.draft_logits(None)[:, :100])
 
 
 def test_save_load_roundtrip(head, target, tmp_path):

@@ -87,14 +87,16 @@ def exact_joint(target, prompt: list[int], params: SamplingParams, positions: in
     return out
 
 
-@pytest.mark.parametrize("setting", list(SETTINGS))
-def test_engine_samples_match_target_distribution(small_vocab_pair, setting):
+@pytest.mark.parametrize("setting,draft_vocab", [(s, 12) for s in SETTINGS] + [("temperature", 8)])
+def test_engine_samples_match_target_distribution(small_vocab_pair, setting, draft_vocab):
+    """``draft_vocab`` 8: the draft's logits cover ids 0..7 only (as a head over the most frequent tokens does), so
+    ids 8..11 reach the output only through the recovered and bonus tokens."""
     target, draft = small_vocab_pair
     params = SETTINGS[setting]
     prompt = [3, 1, 4, 1, 5]
     config = EngineConfig(policy=PolicySpec(name="fixed", gamma=2), max_batch_size=256)
     engine = SpecEngine(config, target=target, tokenizer=DigitTokenizer(),
-                        drafter=DraftLM(draft, torch.device("cpu"), 12), device=torch.device("cpu"))
+                        drafter=DraftLM(draft, torch.device("cpu"), draft_vocab), device=torch.device("cpu"))
     n = 3000
     requests = [GenerationRequest(id=str(i), prompt="31415", raw_prompt=True,
                                   sampling=params.model_copy(update={"seed": i})) for i in range(n)]

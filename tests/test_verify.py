@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from speckv.verify import sample, to_probs, verify
+from speckv.verify import sample, to_probs, verify, verify_greedy
 
 V = 6
 
@@ -19,7 +19,10 @@ def greedy_case(draft: list[int], target_argmax: list[int]):
     q = one_hot(*draft)[None] if k else torch.zeros(1, 0, V)
     p = one_hot(*target_argmax)[None]
     tokens = torch.tensor([draft], dtype=torch.long).reshape(1, k)
-    return verify(tokens, torch.tensor([k]), q, p, torch.zeros(1, k + 1))
+    out = verify(tokens, torch.tensor([k]), q, p, torch.zeros(1, k + 1))
+    fast = verify_greedy(tokens, torch.tensor([k]), torch.tensor([target_argmax]))
+    assert all(torch.equal(a, b) for a, b in zip(out, fast)), "the token-id fast path must agree with verify"
+    return out
 
 
 def test_perfect_match_accepts_all_and_adds_bonus():
@@ -54,6 +57,22 @@ def test_ragged_batch_rows_are_independent():
     n, nxt, _ = verify(draft, num_draft, q, p, torch.zeros(4, 4))
     assert n.tolist() == [3, 0, 0, 2]
     assert nxt.tolist() == [4, 5, 2, 0]
+    fast_n, fast_nxt, _ = verify_greedy(draft, num_draft, target)
+    assert fast_n.tolist() == n.tolist() and fast_nxt.tolist() == nxt.tolist()
+
+
+def test_greedy_fast_path_equals_one_hot_verify_on_random_batches():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        k = int(torch.randint(0, 5, (1,), generator=gen))
+        draft = torch.randint(0, 3, (5, k), generator=gen)  # small vocab: many matches and mismatches
+        target = torch.randint(0, 3, (5, k + 1), generator=gen)
+        num_draft = torch.randint(0, k + 1, (5,), generator=gen)
+        q = torch.nn.functional.one_hot(draft, V).float()
+        p = torch.nn.functional.one_hot(target, V).float()
+        slow = verify(draft, num_draft, q, p, torch.zeros(5, k + 1))
+        fast = verify_greedy(draft, num_draft, target)
+        assert all(torch.equal(a, b) for a, b in zip(slow, fast))
 
 
 def test_padding_past_num_draft_is_ignored():

@@ -27,7 +27,7 @@ import torch
 class Drafter(Protocol):
     #: True when the drafter reads the target's last hidden states (EAGLE-style heads).
     needs_target_hidden: bool
-    #: Vocabulary size of the logits returned by :meth:`draft_logits` (the target's).
+    #: Vocabulary size the drafter proposes from (the target's, or its first ids only).
     vocab_size: int
 
     def prefill(
@@ -40,7 +40,8 @@ class Drafter(Protocol):
     def draft_logits(
         self,
         last_tokens: torch.Tensor | None,  # [B] token drafted by the previous call; None on a step's first call
-    ) -> torch.Tensor:  # [B, V] logits for the next draft position
+    ) -> torch.Tensor:  # [B, V'] logits for the next draft position over token ids 0..V'-1, V' ≤ vocab_size
+        """Ids from V' on have draft probability 0 (a head over the most frequent ids returns only those)."""
         ...
 
     def commit(

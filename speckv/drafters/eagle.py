@@ -8,8 +8,8 @@ The head predicts the target's next *feature* (``target.model(...).last_hidden_s
 Committed positions feed the target's real features; positions drafted beyond them feed the head's own
 prediction f̂. The target's ``embed_tokens`` and ``lm_head`` are reused (frozen, not copied). The head may be
 restricted to the first ``draft_vocab`` token ids (BPE ids are roughly ordered by frequency, so this is a
-slice of the LM head, not a copy); logits are still returned over the full vocabulary, ``-inf`` outside, so
-verification stays lossless.
+slice of the LM head, not a copy); its logits then cover those ids only (the protocol's "the rest have probability
+0"), and verification against the target's full distribution stays lossless.
 
 Files: ``model.safetensors`` (fc + decoder layer + norm) and ``eagle.json`` (head config and training
 metadata). No pickle.
@@ -83,8 +83,9 @@ class EagleDrafter:
         self.head = head.to(device).eval().requires_grad_(False)
         self.embed = target_model.get_input_embeddings()
         self.lm_head = target_model.get_output_embeddings()
-        self.vocab_size = int(self.lm_head.weight.shape[0])
-        self.draft_vocab = draft_vocab if draft_vocab and draft_vocab < self.vocab_size else None
+        full = int(self.lm_head.weight.shape[0])
+        self.draft_vocab = draft_vocab if draft_vocab and draft_vocab < full else None
+        self.vocab_size = self.draft_vocab or full
         self.device = device
         self.metadata = metadata or {}
         self.dtype = next(self.head.parameters()).dtype
@@ -194,10 +195,6 @@ class EagleDrafter:
             **{CACHE_KWARG: inputs[CACHE_KWARG]},
         )
 
-    def _logits(self, pred: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, V] float32
-        weight = self.lm_head.weight
-        if self.draft_vocab is None:
-            return self.lm_head(pred.to(weight.dtype)).float()
-        logits = torch.full((pred.shape[0], self.vocab_size), float("-inf"), device=self.device)
-        logits[:, : self.draft_vocab] = nn.functional.linear(pred.to(weight.dtype), weight[: self.draft_vocab]).float()
-        return logits
+    def _logits(self, pred: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, draft_vocab or V] float32
+        weight = self.lm_head.weight[: self.draft_vocab]  # a view: the first ids of the target's own head
+        return nn.functional.linear(pred.to(weight.dtype), weight).float()

@@ -41,7 +41,8 @@ class StepContext:
     top1_history: list[torch.Tensor] = field(default_factory=list)
     entropy_history: list[torch.Tensor] = field(default_factory=list)
     state: dict[str, torch.Tensor] = field(default_factory=dict)
-    # the previous batched step as measured: draft forwards run, draft ms, verify ms, tokens per row verified
+    # the previous batched step as measured: draft forwards run, draft ms, verify ms, tokens per row verified, and
+    # wall_ms, the whole step including bookkeeping
     last_step: dict[str, float] = field(default_factory=dict)
 
 

@@ -8,7 +8,11 @@ compression) — and the stopping rule does the arithmetic with measured costs:
 
     after proposing k tokens, with P_j = Π_{m≤j} a_m the chance the first j are all accepted,
     E_k = 1 + Σ_{j≤k} P_j  expected tokens this step, T_k = (k+1)·draft + verify(B, 1+k)  its time;
-    propose token k+1 only if (E_k + P_{k+1}) / (T_k + Δ) > E_k / T_k,  Δ = draft + verify(B, 2+k) − verify(B, 1+k).
+    propose token k+1 only if (E_k + P_{k+1}) / (T_k + Δ) > E_k / T_k,  Δ = verify(B, 2+k) − verify(B, 1+k).
+
+In a batch the sums run over its rows, because the widest row sets the step's time (see :func:`decide`), and the
+whole batch falls back to plain decoding when a drafted column cannot pay for itself (:meth:`LearnedPolicy.budget`).
+The costs are calibrated once and corrected online from every step the engine measures.
 
 Without weights (``--policy learned`` before ``speckv train-policy`` has produced any) the acceptance estimate
 falls back to the draft's own top-1 probability; the cost-aware rule is the same.
@@ -70,19 +74,23 @@ def feature_matrix(
 class _FoldedMLP:
     """The MLP in numpy with the normalisation folded into the first layer, for per-step decisions in a few µs.
 
-    The first layer splits into the part that changes with the draft position (top-1, entropy, position, prefix
-    minimum) and the part that is fixed for a step (history, context, compression), computed once per step.
+    The first layer splits into the part that changes with the draft position (top-1, entropy, prefix minimum:
+    one [B, 3] @ [3, H] product; the position: a row of a table) and the part that is fixed for a step (history,
+    context, compression), computed once per step. Every call is a handful of numpy operations: in the engine they
+    run right after a target forward has flushed the CPU caches, so their number is what costs.
     """
 
-    def __init__(self, mlp: AcceptanceMLP) -> None:
+    def __init__(self, mlp: AcceptanceMLP, max_position: int = 64) -> None:
         lin1, lin2, lin3 = (m for m in mlp.net if isinstance(m, torch.nn.Linear))
         std, mean = mlp.std.numpy().astype(np.float64), mlp.mean.numpy().astype(np.float64)
         w1 = lin1.weight.detach().numpy().T.astype(np.float64) / std[:, None]  # [F, H]
         self.b1 = lin1.bias.detach().numpy().astype(np.float64) - mean / std @ (w1 * std[:, None])
         self.w1 = w1
+        self.col = {name: i for i, name in enumerate(FEATURES)}
+        self.w_signals = w1[[self.col["top1"], self.col["entropy"], self.col["prefix_min_top1"]]]  # [3, H]
+        self.w_position = np.arange(max_position)[:, None] * w1[self.col["position"]]  # [P, H]
         self.w2, self.b2 = lin2.weight.detach().numpy().T.astype(np.float64), lin2.bias.detach().numpy()
         self.w3, self.b3 = lin3.weight.detach().numpy()[0].astype(np.float64), float(lin3.bias.detach()[0])
-        self.col = {name: i for i, name in enumerate(FEATURES)}
 
     def step_base(self, accept_rate_ema: np.ndarray, context_len: np.ndarray, compression: str) -> np.ndarray:
         c = self.col
@@ -90,35 +98,51 @@ class _FoldedMLP:
         base += np.outer(np.log1p(context_len), self.w1[c["log_context"]])
         return base + self.w1[c[f"is_{compression}"]]
 
-    def prob(self, base: np.ndarray, top1, entropy, pos: int, prefix_min) -> np.ndarray:
-        c, w1 = self.col, self.w1
-        h = base + np.outer(top1, w1[c["top1"]]) + np.outer(entropy, w1[c["entropy"]])
-        h += pos * w1[c["position"]] + np.outer(prefix_min, w1[c["prefix_min_top1"]])
-        h = np.maximum(np.maximum(h, 0) @ self.w2 + self.b2, 0)
-        return 1.0 / (1.0 + np.exp(-(h @ self.w3 + self.b3)))
+    def prob(self, base: np.ndarray, signals: np.ndarray, pos: int) -> np.ndarray:
+        """P(accept) per row; ``signals`` [B, 3] = (top-1, entropy, prefix minimum of top-1)."""
+        h = signals @ self.w_signals
+        h += base
+        h += self.w_position[pos]
+        h = np.maximum(h, 0.0, out=h) @ self.w2
+        h += self.b2
+        z = np.maximum(h, 0.0, out=h) @ self.w3
+        return 1.0 / (1.0 + np.exp(-self.b3 - z))
 
 
-def decide(a: np.ndarray, p_all: np.ndarray, expected: np.ndarray, pos: int, costs: list | None):
-    """The stopping rule, shared by the policy and the offline replay.
+def _group_sum(x: np.ndarray, group: np.ndarray | None):
+    """Sum of ``x`` over each row's batch (``group`` ids, summed back onto the rows; ``None``: one batch, a scalar)."""
+    if group is None:
+        return x.sum()
+    return np.bincount(group, weights=x)[group]
 
-    ``a``: P(accept the token at ``pos`` | prefix accepted); ``p_all``/``expected``: P(all proposed so far
-    accepted) and E[tokens] of the step so far; ``costs[k] = (draft ms, verify ms for 1+k tokens)``.
-    Returns (propose, more, p_all', expected'): propose while one more token raises expected tokens per second;
-    look at the next position only if, with the same acceptance again, it could still pay for its draft forward.
+
+def decide(a: np.ndarray, p_all: np.ndarray, expected: np.ndarray, live: np.ndarray, pos: int,
+           costs: list | None, group: np.ndarray | None = None):
+    """The stopping rule, shared by the policy and the offline replay. Returns (propose, more, p_all', expected').
+
+    ``a``: P(accept the token at ``pos`` | its prefix accepted); ``p_all``/``expected``: P(all proposed so far
+    accepted) and E[tokens] of the step so far, per row; ``live``: rows still drafting. ``costs[k] = (draft ms,
+    ms of a step that verifies 1+k tokens per row)``, for the batch as a whole.
+
+    A step's time is set by its widest row: every row pays for a column of drafted tokens, proposed or not. So the
+    decision is per column, for a whole batch (``group``): propose position ``pos`` — in every live row — if the
+    batch's expected extra tokens raise its tokens per second, G·S > E·ΔV (S: time of the step if it stops here,
+    E: its expected tokens, G: expected extra tokens, ΔV: extra verify time); draft one more position only if, with
+    the same acceptance again, it could pay for its draft forward too. With one row this is the per-row rule.
     """
     p_next = p_all * a
     if costs is None:  # no costs: keep while the next token is more likely kept than not
-        keep = p_next >= 0.5
+        keep = live & (p_next >= 0.5)
         more = keep & (p_next * a >= 0.5)
     else:
         draft, verify_here = costs[pos]
-        spent = (pos + 1) * draft + verify_here  # time of a step that stops before this token
-        extra = draft + costs[pos + 1][1] - verify_here  # marginal time of proposing it
-        keep = p_next * spent > expected * extra
-        # after proposing it, would one more (guessed as likely as this one) beat stopping there?
-        spent2, exp2 = spent + extra, expected + p_next
+        spent = (pos + 1) * draft + verify_here  # this position's draft forward has run already
+        extra = costs[pos + 1][1] - verify_here
+        gain, tokens = _group_sum(np.where(live, p_next, 0.0), group), _group_sum(expected, group)
+        keep = live & (gain * spent > tokens * extra)
+        gain2 = _group_sum(np.where(keep, p_next * a, 0.0), group)
         extra2 = draft + costs[min(pos + 2, len(costs) - 1)][1] - costs[pos + 1][1]
-        more = keep & (p_next * a * spent2 > exp2 * extra2)
+        more = keep & (gain2 * (spent + extra) > (tokens + gain) * extra2)
     return keep, more, np.where(keep, p_next, p_all), np.where(keep, expected + p_next, expected)
 
 
@@ -129,11 +153,11 @@ class LearnedPolicy:
     def __init__(self, mlp: AcceptanceMLP | None, gamma_max: int, meta: dict | None = None) -> None:
         self.mlp, self.gamma_max, self.meta = mlp, gamma_max, meta or {}
         self.fast = _FoldedMLP(mlp) if mlp is not None else None
-        self._cost_table: dict[tuple[int, int], list[tuple[float, float]]] = {}
-        # what a real step costs beyond the calibrated forwards (sampling, verification, bookkeeping), learned online
-        # from measured steps: ms per row per draft forward, and ms per row per verified token
-        self._draft_extra = 0.0
-        self._verify_extra = 0.0
+        self._cost_table: dict[int, list[tuple[float, float]]] = {}  # calibrated costs by batch size
+        # what real steps cost against the calibrated forwards, learned online from the engine's measured steps:
+        # scale of a draft forward, scale of a verify forward (by tokens per row), bookkeeping ms per row
+        self._draft_scale, self._verify_scale_all, self._overhead_per_row = 1.0, 1.0, 0.0
+        self._verify_scale: dict[int, float] = {}
 
     @classmethod
     def load(cls, path: str | Path | None, gamma_max: int) -> LearnedPolicy:
@@ -159,59 +183,83 @@ class LearnedPolicy:
     # ---------------------------------------------------------------- protocol
     # Per-step state is plain numpy (a few µs per decision); only what must survive row pruning is in ctx.state.
 
-    #: a row that skipped drafting re-probes after this many plain steps, so its history can recover
-    PROBE_EVERY = 8
+    #: after this many plain steps a batch drafts once more, to re-measure acceptance; the interval doubles (up to
+    #: PROBE_MAX) while drafting stays not worth it, and resets when it is
+    PROBE_EVERY, PROBE_MAX = 8, 64
+    #: weight of a new measurement in the running cost corrections and the first-token acceptance
+    EMA = 0.2
 
     def init_state(self, ctx: StepContext) -> None:
-        ctx.state["plain_steps"] = torch.zeros(ctx.batch_size, dtype=torch.long)
+        ctx.state["first_accept_ema"] = torch.full((ctx.batch_size,), 0.5)
+        self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
 
     def budget(self, ctx: StepContext) -> torch.Tensor:
-        """γ_max, or 0 for rows whose recent acceptance cannot pay even for the first draft forward at this batch
-        size: draft one token only if a·verify(B,1) > draft(B) + verify(B,2) − verify(B,1), with a the row's
-        acceptance EMA (a sequence that stopped accepting goes back to plain batched decoding, and re-probes)."""
+        """γ_max for every row when drafting pays at this batch size, else 0 for all (plain batched decoding).
+
+        Drafting one column pays when Σ_b a_b · T_plain > B · ΔT, with a_b row b's running first-token acceptance,
+        T_plain the measured time of a plain step at batch B and ΔT what a drafted column adds to it (one draft
+        forward plus the wider verify). A batch that stops drafting re-probes now and then."""
         n = ctx.batch_size
-        self._p_all, self._expected, self._prefix_min = np.ones(n), np.ones(n), np.ones(n)
+        self._p_all, self._expected, self._prefix_min = np.ones((3, n))
+        self._live = np.ones(n, bool)
         if self.fast is not None:
             self._base = self.fast.step_base(ctx.accept_rate_ema.numpy(), ctx.context_len.numpy(), ctx.compression)
         gamma = torch.full((n,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
         if ctx.costs is None:
             return gamma
-        key = (n, id(ctx.costs))
-        if key not in self._cost_table:  # interpolate once per batch size, not every step
-            c = ctx.costs
-            self._cost_table[key] = [(c.draft(n), c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
-        dx, vx = self._draft_extra * n, self._verify_extra * n
-        self._costs = [(d + dx, v + vx * (1 + k)) for k, (d, v) in enumerate(self._cost_table[key])]
-        draft = self._costs[0][0]
-        worth = ctx.accept_rate_ema * self._costs[0][1] > draft + self._costs[1][1] - self._costs[0][1]
-        probe = ctx.state["plain_steps"] >= self.PROBE_EVERY
-        go = worth | probe
-        ctx.state["plain_steps"] = torch.where(go, 0, ctx.state["plain_steps"] + 1)
-        return torch.where(go, gamma, 0)
+        self._correct_costs(ctx)
+        self._costs = self._step_costs(ctx.costs, n)
+        plain, column = self._costs[0][1], self._costs[0][0] + self._costs[1][1] - self._costs[0][1]
+        worth = float(ctx.state["first_accept_ema"].sum()) * plain > n * column
+        if worth:
+            self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
+            return gamma
+        self._plain_steps += 1
+        if self._plain_steps > self._probe_every:
+            self._plain_steps, self._probe_every = 0, min(2 * self._probe_every, self.PROBE_MAX)
+            return gamma
+        self._live[:] = False
+        return torch.zeros(n, dtype=torch.long)
+
+    def _step_costs(self, c, n: int) -> list[tuple[float, float]]:
+        """[(draft ms, ms of a step verifying 1+k tokens per row)] at batch n: the calibrated forwards scaled by what
+        the engine measured, plus the step's measured bookkeeping."""
+        if n not in self._cost_table:  # interpolate once per batch size, not every step
+            self._cost_table[n] = [(c.draft(n), c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
+        rest = self._overhead_per_row * n
+        return [(d * self._draft_scale, v * self._verify_scale.get(1 + k, self._verify_scale_all) + rest)
+                for k, (d, v) in enumerate(self._cost_table[n])]
+
+    def _correct_costs(self, ctx: StepContext) -> None:
+        """Fold the previous step's measured times into the running corrections of the calibrated costs."""
+        step, c, w = ctx.last_step, ctx.costs, self.EMA
+        if "wall_ms" not in step:
+            return
+        n, tokens = step["batch"], step["tokens"]
+        ratio = step["verify_ms"] / c.verify(n, tokens)
+        self._verify_scale[tokens] = (1 - w) * self._verify_scale.get(tokens, ratio) + w * ratio
+        self._verify_scale_all = (1 - w) * self._verify_scale_all + w * ratio
+        if step["forwards"]:
+            ratio = step["draft_ms"] / step["forwards"] / c.draft(n)
+            self._draft_scale = (1 - w) * self._draft_scale + w * ratio
+        rest = max(step["wall_ms"] - step["draft_ms"] - step["verify_ms"], 0.0) / n
+        self._overhead_per_row = (1 - w) * self._overhead_per_row + w * rest
 
     def acceptance(self, ctx: StepContext, pos: int, top1: np.ndarray, entropy: np.ndarray) -> np.ndarray:
         if self.fast is None:
             return top1
-        return self.fast.prob(self._base, top1, entropy, pos, self._prefix_min)
+        return self.fast.prob(self._base, np.stack([top1, entropy, self._prefix_min], axis=1), pos)
 
     def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor):
         t1 = top1.numpy()
         a = self.acceptance(ctx, pos, t1, entropy.numpy())
-        keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, pos,
+        keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, self._live, pos,
                                                          self._costs if ctx.costs is not None else None)
         self._prefix_min = np.minimum(self._prefix_min, t1)
+        self._live = more
         return torch.from_numpy(keep), torch.from_numpy(more)
 
-    OVERHEAD_EMA = 0.2
-
     def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        """Correct the calibrated costs with the step the engine just measured (so decisions price the whole step)."""
-        step, c = ctx.last_step, ctx.costs
-        if not step or c is None:
-            return
-        n, w = step["batch"], self.OVERHEAD_EMA
-        verify_extra = (step["verify_ms"] - c.verify(n, step["tokens"])) / (n * step["tokens"])
-        self._verify_extra = (1 - w) * self._verify_extra + w * max(verify_extra, 0.0)
-        if step["forwards"]:
-            draft_extra = (step["draft_ms"] / step["forwards"] - c.draft(n)) / n
-            self._draft_extra = (1 - w) * self._draft_extra + w * max(draft_extra, 0.0)
+        drafted = num_draft.numpy() > 0
+        ema = ctx.state["first_accept_ema"].numpy()  # updated in place (numpy: a few µs, not torch's dozens)
+        ema[drafted] = (1 - self.EMA) * ema[drafted] + self.EMA * (num_accepted.numpy()[drafted] > 0)
