@@ -25,14 +25,13 @@ def cost_key(engine) -> str:
     cfg = engine.config
     # the loaded models themselves, not only the config: an injected model must never reuse another's costs
     drafter = engine.drafter
-    draft_params = sum(p.numel() for p in drafter.parameters()) if hasattr(drafter, "parameters") else None
-    if draft_params is None and hasattr(drafter, "model"):
-        draft_params = sum(p.numel() for p in drafter.model.parameters())
+    module = getattr(drafter, "head", None) or getattr(drafter, "model", None)  # EAGLE head / draft LM
+    draft_params = sum(p.numel() for p in module.parameters()) if module is not None else None
     parts = {
         "target": cfg.target.model_dump(),
         "target_arch": engine.target.config.to_json_string(use_diff=False),
         "draft": cfg.draft.model_dump(),
-        "drafter": [type(drafter).__name__, draft_params],
+        "drafter": [type(drafter).__name__, draft_params, getattr(drafter, "vocab_size", None)],
         "device": str(engine.device),
         "threads": torch.get_num_threads(),
         "batch": BATCH_SIZES,
