@@ -77,7 +77,7 @@ def engine_run(engine, requests) -> dict:
     for r in results:
         per_task[r.task][0] += len(r.token_ids)
         per_task[r.task][1] += r.wall_ms / 1e3
-    decisions = sorted(s["decision_ms"] / max(1, s["num_draft_tokens"] + 1) for s in steps) or [0.0]
+    decisions = sorted(s["decision_ms"] / s["num_decisions"] for s in steps) or [0.0]
     n_steps = len(steps)
     accepted = sum(s["num_accepted_tokens"] for s in steps)
     return {

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import os
+import statistics
+import time
 
 import torch
 
@@ -18,7 +20,7 @@ log = logging.getLogger(__name__)
 BATCH_SIZES = (1, 2, 4, 8, 16)
 TOKENS = (1, 2, 3, 5, 9, 17)
 CONTEXT = 128
-REPEATS = 3
+REPEATS = 5
 
 
 def cost_key(engine) -> str:
@@ -36,6 +38,7 @@ def cost_key(engine) -> str:
         "threads": torch.get_num_threads(),
         "batch": BATCH_SIZES,
         "tokens": TOKENS,
+        "method": 2,  # interleaved rounds, monotone in tokens
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -55,6 +58,11 @@ def load_or_calibrate(engine) -> CostModel:
 
 @torch.inference_mode()
 def calibrate(engine, batch_sizes=BATCH_SIZES, tokens=TOKENS, context: int = CONTEXT) -> CostModel:
+    """Median ms of each (batch, tokens) verify forward and of one draft forward per batch size.
+
+    The token counts of a batch size are timed in interleaved rounds, so a burst of load from elsewhere hits all of
+    them alike, and the medians are made non-decreasing in tokens (pool-adjacent-violators): verifying more tokens
+    never costs less, and a policy must not chase a dip that is only noise."""
     dev, vocab = engine.device, engine.vocab_size
     gen = torch.Generator().manual_seed(0)
     verify_ms, draft_ms = [], []
@@ -63,17 +71,21 @@ def calibrate(engine, batch_sizes=BATCH_SIZES, tokens=TOKENS, context: int = CON
         ones = torch.ones_like(prompt, dtype=torch.bool)
         cache = RaggedCache(batch, dev)
         _, hidden = engine._target_forward(cache, prompt, ones)
-        row = []
-        for t in tokens:
-            ids = torch.randint(100, vocab, (batch, t), generator=gen).to(dev)
+        inputs = [torch.randint(100, vocab, (batch, t), generator=gen).to(dev) for t in tokens]
 
-            def forward(ids=ids, t=t):
-                engine._target_forward(cache, ids, torch.ones_like(ids, dtype=torch.bool))
-                cache.keep_last(t, torch.zeros(batch, dtype=torch.long, device=dev))
-                cache.trim()
+        def forward(ids: torch.Tensor) -> float:
+            start = time.perf_counter()
+            engine._target_forward(cache, ids, torch.ones_like(ids, dtype=torch.bool))
+            engine._sync()
+            elapsed = (time.perf_counter() - start) * 1e3
+            cache.keep_last(ids.shape[1], torch.zeros(batch, dtype=torch.long, device=dev))
+            cache.trim()
+            return elapsed
 
-            row.append(median_ms(forward, REPEATS, engine._sync))
-        verify_ms.append(row)
+        for ids in inputs:  # warm-up
+            forward(ids)
+        samples = [[forward(ids) for ids in inputs] for _ in range(REPEATS)]
+        verify_ms.append(monotone([statistics.median(column) for column in zip(*samples)]))
         if engine.drafter is None:
             draft_ms.append(0.0)
             continue
@@ -83,3 +95,14 @@ def calibrate(engine, batch_sizes=BATCH_SIZES, tokens=TOKENS, context: int = CON
         last = prompt[:, -1]
         draft_ms.append(median_ms(lambda: engine.drafter.draft_logits(last), REPEATS + 2, engine._sync))
     return CostModel(list(batch_sizes), list(tokens), verify_ms, draft_ms)
+
+
+def monotone(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(n)]

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts of each file")
+    parser.add_argument("--costs-only", action="store_true",
+                        help="only (re-)measure the costs of each level into OUTPUT/costs (e.g. on the machine that "
+                             "will run the policy); keep the telemetry already there")
 
 
 def compression_spec(level: str, source: str) -> ModelSpec:
@@ -70,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
                               max_batch_size=args.batch_size)
         engine = SpecEngine(config, actor_id=f"collect-{level}")
         start = time.perf_counter()
+        if args.costs_only:
+            costs = calibrate(engine)
+            (out / "costs" / f"{level}.json").write_text(costs.to_json())
+            print(f"{level}: costs in {time.perf_counter() - start:.0f} s; verify(1,1)={costs.verify(1, 1):.1f} ms, "
+                  f"verify(8,5)={costs.verify(8, 5):.1f} ms, draft(1)={costs.draft(1):.1f} ms")
+            continue
         bar = tqdm(total=len(requests), desc=f"collect {level}", unit="req")
         results = []
         for i in range(0, len(requests), args.batch_size * 4):

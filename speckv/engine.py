@@ -238,7 +238,7 @@ class SpecEngine:
             num_accepted, next_token, accept = verify(draft_tokens[:, :k], num_draft.to(dev), q[:, :k], p, u_verify)
         self._sync()
         stats["verify_ms"] = (time.perf_counter() - t_verify) * 1e3
-        stats["max_tokens_verified"] = k + 1
+        stats["max_tokens_verified"], stats["draft_forwards"] = k + 1, forwards
         # 4. commit: the target keeps [pending + accepted]; new tokens = accepted drafts + recovered/bonus token
         batch.cache.keep_last(k + 1, num_accepted + 1)
         batch.cache.trim()
@@ -354,6 +354,7 @@ class SpecEngine:
             "draft_ms": stats["draft_ms"],
             "verify_ms": stats["verify_ms"],
             "decision_ms": stats["decision_ms"] / len(batch.rows),
+            "num_decisions": 1 + stats["draft_forwards"],
             "max_tokens_verified": stats["max_tokens_verified"],
             "temperature": row.request.sampling.temperature,
             "target_dtype": spec.dtype,

@@ -13,7 +13,9 @@ Names follow vLLM's spec-decode metrics where one exists. Conventions, written d
 * ``draft_acceptance_rate`` = accepted / drafted.
 * ``acceptance_histogram[n]`` = number of verify steps that accepted exactly n drafts.
 * ``draft_ms`` and ``verify_ms`` are the wall times of the whole batched step, shared by its rows;
-  ``decision_ms`` is the time spent in the γ-policy during the step divided by the rows that step served.
+  ``decision_ms`` is the time spent in the γ-policy during the step divided by the rows that step served, and
+  ``num_decisions`` the questions each row answered (its budget, then propose-or-stop at every draft forward), so
+  ``decision_ms / num_decisions`` is the overhead per decision.
 * ``draft_accept[i]`` says whether the target agreed with the drafted token at position i *given the drafted
   prefix*; only positions up to the first ``False`` affected the output. Greedy steps record the exact
   argmax agreement; sampled steps record the rejection test's outcome.
@@ -41,6 +43,7 @@ STEP_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("draft_ms", pa.float32(), "wall ms drafting in this batched step"),
     ("verify_ms", pa.float32(), "wall ms of the target's verify forward in this batched step"),
     ("decision_ms", pa.float32(), "policy ms in this step per row served"),
+    ("num_decisions", pa.int32(), "policy decisions per row in this step: its budget + one per draft forward"),
     ("max_tokens_verified", pa.int32(), "1 + max γ over the batch: tokens per row in the verify forward"),
     ("temperature", pa.float32(), "sampling temperature (0 = greedy)"),
     ("target_dtype", pa.string(), "fp32 | bf16 | fp16"),

@@ -182,8 +182,7 @@ def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: Acceptance
             else:
                 with torch.no_grad():
                     a = torch.sigmoid(mlp(position_features(arr, pos, prefix_min))).numpy()
-            keep, more, p_all, expected = decide(a, p_all, expected, going, pos, step_costs,
-                                                 None if batch == 1 else group)
+            keep, more, p_all, expected = decide(a, p_all, expected, going, pos, step_costs, group)
             k += keep
             going = keep & more
             prefix_min = np.minimum(prefix_min, arr["top1"][:, pos])
