@@ -100,7 +100,8 @@ class _Batch:
         self.pending = self.pending[idx.to(dev)]
         self.temperature, self.top_k, self.top_p = (t[idx.to(t.device)] for t in (self.temperature, self.top_k, self.top_p))
         c = self.ctx
-        for name in ("context_len", "num_generated", "last_num_draft", "last_num_accepted", "accept_rate_ema"):
+        for name in ("context_len", "num_generated", "max_new_tokens", "last_num_draft", "last_num_accepted",
+                     "accept_rate_ema"):
             setattr(c, name, getattr(c, name)[idx])
         c.state = {k: v[idx] for k, v in c.state.items()}
         c.batch_size = len(keep)
@@ -184,7 +185,7 @@ class SpecEngine:
         t0 = time.perf_counter()
         budget = self.policy.budget(ctx) if self.drafter is not None else torch.zeros(n_rows, dtype=torch.long)
         stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
-        remaining = torch.tensor([r.request.sampling.max_new_tokens for r in batch.rows]) - ctx.num_generated
+        remaining = ctx.max_new_tokens - ctx.num_generated
         budget = torch.minimum(budget, (remaining - 1).clamp(min=0))
         budget = torch.minimum(budget, (self.max_context - 1 - ctx.context_len).clamp(min=0))
         # 2. draft: row b proposes up to budget[b] tokens; the policy may stop it early from the draft's signals
@@ -435,6 +436,7 @@ class SpecEngine:
             batch_size=n,
             context_len=torch.tensor([len(r.prompt_ids) for r in rows]),
             num_generated=torch.zeros(n, dtype=torch.long),
+            max_new_tokens=torch.tensor([r.request.sampling.max_new_tokens for r in rows]),
             last_num_draft=torch.zeros(n, dtype=torch.long),
             last_num_accepted=torch.zeros(n, dtype=torch.long),
             accept_rate_ema=torch.full((n,), 0.5),

@@ -118,7 +118,7 @@ def test_learned_decisions_match_the_torch_mlp_and_are_cheap():
     mlp.std.uniform_(0.5, 2)
     policy = LearnedPolicy(mlp, 8)
     b = 8
-    ctx = StepContext(batch_size=b, context_len=torch.randint(10, 300, (b,)), num_generated=torch.zeros(b),
+    ctx = StepContext(batch_size=b, context_len=torch.randint(10, 300, (b,)), num_generated=torch.zeros(b), max_new_tokens=torch.full((b,), 64),
                       last_num_draft=torch.zeros(b), last_num_accepted=torch.zeros(b),
                       accept_rate_ema=torch.rand(b), compression="nf4", costs=None, gamma_max=8)
     policy.budget(ctx)
@@ -175,23 +175,43 @@ def test_a_column_is_drafted_only_when_the_whole_batch_pays_for_it():
 
 
 def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
-    costs = CostModel([1, 8], [1, 2], [[40, 45], [70, 90]], [5, 30])  # a drafted column costs 50 ms at batch 8
-    b = 8
-    ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
-                      last_num_draft=torch.zeros(b), last_num_accepted=torch.zeros(b),
-                      accept_rate_ema=torch.full((b,), 0.5), compression="bf16", costs=costs, gamma_max=4)
+    costs = CostModel([1, 8], [1, 2], [[40, 45], [70, 80]], [5, 30])  # a drafted column costs 40 ms at batch 8
+
+    def context(b: int) -> StepContext:
+        ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
+                          max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
+                          last_num_accepted=torch.zeros(b), accept_rate_ema=torch.full((b,), 0.5),
+                          compression="bf16", costs=costs, gamma_max=4)
+        policy.init_state(ctx)
+        assert int(policy.budget(ctx).max()) == 0  # a batch size not seen yet: measure a plain step first
+        plain = costs.verify(b, 1)  # ... which the engine reports as it measured it
+        ctx.last_step = {"batch": b, "tokens": 1, "forwards": 0, "draft_ms": 0.0, "verify_ms": plain, "wall_ms": plain}
+        return ctx
+
     policy = LearnedPolicy(None, 4)
-    policy.init_state(ctx)
-    ctx.state["first_accept_ema"][:] = 0.3  # 8 · 0.3 · 70 < 8 · 50: drafting cannot pay here
+    ctx = context(8)
+    # in a batch drafting pays when (B + Σa)/(T + ΔT) > 1.2 · B/T: (8 + 2.4)/110 < 1.2 · 8/70
+    ctx.state["first_accept_ema"][:] = 0.3
     budgets = [int(policy.budget(ctx).max()) for _ in range(40)]
     probes = [i for i, g in enumerate(budgets) if g > 0]
     assert probes[:2] == [8, 25]  # a probe after 8 plain steps, the next after 16 more
-    ctx.state["first_accept_ema"][:] = 0.9  # 8 · 0.9 · 70 > 8 · 50: it pays again
+    assert budgets[8] == 1  # a probe drafts one token per row: enough to re-measure first-token acceptance
+    ctx.state["first_accept_ema"][:] = 1.0  # (8 + 8)/110 > 1.2 · 8/70: it pays again
     assert int(policy.budget(ctx).min()) == 4
-    # the same acceptance on one row alone pays (0.3 · 40 > 5 + 45 − 40)
-    one = StepContext(batch_size=1, context_len=torch.full((1,), 100), num_generated=torch.zeros(1),
-                      last_num_draft=torch.zeros(1), last_num_accepted=torch.zeros(1),
-                      accept_rate_ema=torch.full((1,), 0.5), compression="bf16", costs=costs, gamma_max=4)
-    policy.init_state(one)
-    one.state["first_accept_ema"][:] = 0.3
+    # one row alone (margin 5 %), where a column costs 10 ms: (1 + 0.5)/50 > 1.05 · 1/40
+    one = context(1)
+    one.state["first_accept_ema"][:] = 0.5
     assert int(policy.budget(one)[0]) == 4
+    one.state["first_accept_ema"][:] = 0.25  # (1 + 0.25)/50 < 1.05 · 1/40: a 25 % first token is not enough
+    assert int(policy.budget(one)[0]) == 0
+
+
+def test_row_weights_favour_the_rows_the_batch_waits_for():
+    b = 3
+    ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.tensor([30, 10, 10]),
+                      max_new_tokens=torch.tensor([40, 40, 40]), last_num_draft=torch.zeros(b),
+                      last_num_accepted=torch.zeros(b), accept_rate_ema=torch.full((b,), 0.5), compression="bf16",
+                      costs=None, gamma_max=4)
+    ctx.state["steps"] = torch.tensor([10.0, 10.0, 5.0])  # 3, 1 and 2 tokens per step so far
+    # steps left: 10/3, 30/1, 30/2 → relative to the longest
+    np.testing.assert_allclose(LearnedPolicy.row_weights(ctx), [10 / 3 / 30, 1.0, 0.5])

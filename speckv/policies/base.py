@@ -31,6 +31,7 @@ class StepContext:
     batch_size: int  # live sequences in this step
     context_len: torch.Tensor  # [B] tokens in each sequence (prompt + generated)
     num_generated: torch.Tensor  # [B] tokens generated so far
+    max_new_tokens: torch.Tensor  # [B] each request's limit
     last_num_draft: torch.Tensor  # [B] γ used in the previous step (0 before the first)
     last_num_accepted: torch.Tensor  # [B] accepted in the previous step
     accept_rate_ema: torch.Tensor  # [B] EMA of per-token acceptance over earlier steps (prior 0.5)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from speckv.calibrate import monotone
 from speckv.policies.base import StepContext
 
 COMPRESSIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
@@ -117,7 +118,8 @@ def _group_sum(x: np.ndarray, group: np.ndarray | None):
 
 
 def decide(a: np.ndarray, p_all: np.ndarray, expected: np.ndarray, live: np.ndarray, pos: int,
-           costs: list | None, group: np.ndarray | None = None):
+           costs: list | None, group: np.ndarray | None = None, weight: np.ndarray | float = 1.0,
+           margin: float = 0.0):
     """The stopping rule, shared by the policy and the offline replay. Returns (propose, more, p_all', expected').
 
     ``a``: P(accept the token at ``pos`` | its prefix accepted); ``p_all``/``expected``: P(all proposed so far
@@ -129,6 +131,8 @@ def decide(a: np.ndarray, p_all: np.ndarray, expected: np.ndarray, live: np.ndar
     batch's expected extra tokens raise its tokens per second, G·S > E·ΔV (S: time of the step if it stops here,
     E: its expected tokens, G: expected extra tokens, ΔV: extra verify time); draft one more position only if, with
     the same acceptance again, it could pay for its draft forward too. With one row this is the per-row rule.
+    ``weight`` values each row's tokens (see :meth:`LearnedPolicy.row_weights`); with ``margin`` m a position must
+    raise tokens per second by a factor 1 + m, not just by something.
     """
     p_next = p_all * a
     if costs is None:  # no costs: keep while the next token is more likely kept than not
@@ -138,11 +142,13 @@ def decide(a: np.ndarray, p_all: np.ndarray, expected: np.ndarray, live: np.ndar
         draft, verify_here = costs[pos]
         spent = (pos + 1) * draft + verify_here  # this position's draft forward has run already
         extra = costs[pos + 1][1] - verify_here
-        gain, tokens = _group_sum(np.where(live, p_next, 0.0), group), _group_sum(expected, group)
-        keep = live & (gain * spent > tokens * extra)
-        gain2 = _group_sum(np.where(keep, p_next * a, 0.0), group)
+        gain, tokens = _group_sum(np.where(live, p_next, 0.0) * weight, group), _group_sum(expected * weight, group)
+        # (E + G) / (S + ΔV) > (1 + m) · E / S
+        keep = live & (gain * spent > tokens * (extra + margin * (spent + extra)))
+        gain2 = _group_sum(np.where(keep, p_next * a, 0.0) * weight, group)
         extra2 = draft + costs[min(pos + 2, len(costs) - 1)][1] - costs[pos + 1][1]
-        more = keep & (gain2 * (spent + extra) > (tokens + gain) * extra2)
+        spent2, tokens2 = spent + extra, tokens + gain
+        more = keep & (gain2 * spent2 > tokens2 * (extra2 + margin * (spent2 + extra2)))
     return keep, more, np.where(keep, p_next, p_all), np.where(keep, expected + p_next, expected)
 
 
@@ -154,10 +160,11 @@ class LearnedPolicy:
         self.mlp, self.gamma_max, self.meta = mlp, gamma_max, meta or {}
         self.fast = _FoldedMLP(mlp) if mlp is not None else None
         self._cost_table: dict[int, list[tuple[float, float]]] = {}  # calibrated costs by batch size
-        # what real steps cost against the calibrated forwards, learned online from the engine's measured steps:
-        # scale of a draft forward, scale of a verify forward (by tokens per row), bookkeeping ms per row
-        self._draft_scale, self._verify_scale_all, self._overhead_per_row = 1.0, 1.0, 0.0
-        self._verify_scale: dict[int, float] = {}
+        # what real steps cost, learned online from the engine's measured steps: verify ms by (batch, tokens per row),
+        # ms of a draft forward by batch, bookkeeping ms per row, and how measurements compare with calibration
+        self._verify_ms: dict[tuple[int, int], float] = {}
+        self._draft_ms: dict[int, float] = {}
+        self._draft_scale, self._verify_scale, self._overhead_per_row = 1.0, 1.0, 0.0
 
     @classmethod
     def load(cls, path: str | Path | None, gamma_max: int) -> LearnedPolicy:
@@ -188,20 +195,40 @@ class LearnedPolicy:
     PROBE_EVERY, PROBE_MAX = 8, 64
     #: weight of a new measurement in the running cost corrections and the first-token acceptance
     EMA = 0.2
+    #: leave plain decoding (and, in a batch, widen a step) only for an expected gain of at least this much: plain
+    #: decoding is the safe side and the estimate can err — step times are noisy, and a static batch waits for its
+    #: slowest row (measured at batch 4: steps of 1.45 tokens per row on average cut the batch's steps only 1.22×)
+    MARGIN, BATCH_MARGIN = 0.05, 0.2
 
     def init_state(self, ctx: StepContext) -> None:
         ctx.state["first_accept_ema"] = torch.full((ctx.batch_size,), 0.5)
+        ctx.state["steps"] = torch.zeros(ctx.batch_size)
         self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
+
+    @staticmethod
+    def row_weights(ctx: StepContext) -> np.ndarray:
+        """How much a token of each row is worth to the batch: its share of the batch's remaining steps.
+
+        A static batch runs until its slowest row is done, so a token that shortens the longest-running row saves a
+        whole batched step, while one for a row that will finish early anyway only saves that row's share of the
+        later, smaller steps. Rows are weighted by their expected remaining steps (tokens left / tokens per step so
+        far) relative to the batch's largest; with one row, or rows alike, the weights are 1."""
+        done = ctx.num_generated.numpy().astype(np.float64)
+        per_step = np.maximum(done / np.maximum(ctx.state["steps"].numpy(), 1.0), 1.0)
+        left = np.maximum(ctx.max_new_tokens.numpy() - done, 1.0) / per_step
+        return left / left.max()
 
     def budget(self, ctx: StepContext) -> torch.Tensor:
         """γ_max for every row when drafting pays at this batch size, else 0 for all (plain batched decoding).
 
-        Drafting one column pays when Σ_b a_b · T_plain > B · ΔT, with a_b row b's running first-token acceptance,
-        T_plain the measured time of a plain step at batch B and ΔT what a drafted column adds to it (one draft
-        forward plus the wider verify). A batch that stops drafting re-probes now and then."""
+        Drafting one column pays when (W + Σ_b w_b·a_b) / (T + ΔT) > (1 + margin) · W / T: a_b is row b's running
+        first-token acceptance, w_b its weight (:meth:`row_weights`, W their sum), T the measured time of a plain
+        step at this batch size and ΔT what a drafted column adds to it (one draft forward plus the wider verify).
+        A batch that stops drafting re-probes now and then; at a batch size it has not run yet, the first step is
+        plain, so that T is measured, not assumed."""
         n = ctx.batch_size
         self._p_all, self._expected, self._prefix_min = np.ones((3, n))
-        self._live = np.ones(n, bool)
+        self._live, self._weight = np.ones(n, bool), 1.0
         if self.fast is not None:
             self._base = self.fast.step_base(ctx.accept_rate_ema.numpy(), ctx.context_len.numpy(), ctx.compression)
         gamma = torch.full((n,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
@@ -210,40 +237,57 @@ class LearnedPolicy:
         self._correct_costs(ctx)
         self._costs = self._step_costs(ctx.costs, n)
         plain, column = self._costs[0][1], self._costs[0][0] + self._costs[1][1] - self._costs[0][1]
-        worth = float(ctx.state["first_accept_ema"].sum()) * plain > n * column
+        if (n, 1) not in self._verify_ms:  # measure plain decoding at this batch size first: the baseline to beat
+            self._live[:] = False
+            return torch.zeros(n, dtype=torch.long)
+        self._weight = self.row_weights(ctx)
+        rows, gain = self._weight.sum(), float(ctx.state["first_accept_ema"].numpy() @ self._weight)
+        margin = self.BATCH_MARGIN if n > 1 else self.MARGIN
+        worth = (rows + gain) * plain > (1 + margin) * rows * (plain + column)
         if worth:
             self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
             return gamma
         self._plain_steps += 1
-        if self._plain_steps > self._probe_every:
+        if self._plain_steps > self._probe_every:  # one drafted token per row re-measures first-token acceptance
             self._plain_steps, self._probe_every = 0, min(2 * self._probe_every, self.PROBE_MAX)
-            return gamma
+            return gamma.clamp(max=1)
         self._live[:] = False
         return torch.zeros(n, dtype=torch.long)
 
     def _step_costs(self, c, n: int) -> list[tuple[float, float]]:
-        """[(draft ms, ms of a step verifying 1+k tokens per row)] at batch n: the calibrated forwards scaled by what
-        the engine measured, plus the step's measured bookkeeping."""
+        """[(draft ms, ms of a step verifying 1+k tokens per row)] at batch n, from what this engine measured.
+
+        A (batch, tokens) verify cost the engine has run is its running measurement; one it has not run yet is the
+        calibrated figure scaled by how measurements compare with calibration so far (calibration runs synthetic
+        forwards and misjudges the real step's shape, e.g. where kernels switch). Made non-decreasing in tokens."""
         if n not in self._cost_table:  # interpolate once per batch size, not every step
             self._cost_table[n] = [(c.draft(n), c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
+        calibrated = self._cost_table[n]
+        draft = self._draft_ms.get(n, calibrated[0][0] * self._draft_scale)
+        seen = [self._verify_ms[(n, 1 + k)] / v for k, (_, v) in enumerate(calibrated) if (n, 1 + k) in self._verify_ms]
+        scale = sum(seen) / len(seen) if seen else self._verify_scale  # this batch size's own, where measured
         rest = self._overhead_per_row * n
-        return [(d * self._draft_scale, v * self._verify_scale.get(1 + k, self._verify_scale_all) + rest)
-                for k, (d, v) in enumerate(self._cost_table[n])]
+        verify = monotone([self._verify_ms.get((n, 1 + k), v * scale) + rest for k, (_, v) in enumerate(calibrated)])
+        return [(draft, v) for v in verify]
 
     def _correct_costs(self, ctx: StepContext) -> None:
-        """Fold the previous step's measured times into the running corrections of the calibrated costs."""
+        """Fold the previous step's measured times into the running costs."""
         step, c, w = ctx.last_step, ctx.costs, self.EMA
         if "wall_ms" not in step:
             return
         n, tokens = step["batch"], step["tokens"]
-        ratio = step["verify_ms"] / c.verify(n, tokens)
-        self._verify_scale[tokens] = (1 - w) * self._verify_scale.get(tokens, ratio) + w * ratio
-        self._verify_scale_all = (1 - w) * self._verify_scale_all + w * ratio
+
+        def ema(old: float | None, new: float) -> float:
+            return new if old is None else (1 - w) * old + w * new
+
+        self._verify_ms[(n, tokens)] = ema(self._verify_ms.get((n, tokens)), step["verify_ms"])
+        self._verify_scale = ema(self._verify_scale, step["verify_ms"] / c.verify(n, tokens))
         if step["forwards"]:
-            ratio = step["draft_ms"] / step["forwards"] / c.draft(n)
-            self._draft_scale = (1 - w) * self._draft_scale + w * ratio
+            per_forward = step["draft_ms"] / step["forwards"]
+            self._draft_ms[n] = ema(self._draft_ms.get(n), per_forward)
+            self._draft_scale = ema(self._draft_scale, per_forward / c.draft(n))
         rest = max(step["wall_ms"] - step["draft_ms"] - step["verify_ms"], 0.0) / n
-        self._overhead_per_row = (1 - w) * self._overhead_per_row + w * rest
+        self._overhead_per_row = ema(self._overhead_per_row, rest)
 
     def acceptance(self, ctx: StepContext, pos: int, top1: np.ndarray, entropy: np.ndarray) -> np.ndarray:
         if self.fast is None:
@@ -254,12 +298,15 @@ class LearnedPolicy:
         t1 = top1.numpy()
         a = self.acceptance(ctx, pos, t1, entropy.numpy())
         keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, self._live, pos,
-                                                         self._costs if ctx.costs is not None else None)
+                                                         self._costs if ctx.costs is not None else None,
+                                                         weight=self._weight,
+                                                         margin=self.BATCH_MARGIN if ctx.batch_size > 1 else 0.0)
         self._prefix_min = np.minimum(self._prefix_min, t1)
         self._live = more
         return torch.from_numpy(keep), torch.from_numpy(more)
 
     def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
+        ctx.state["steps"].numpy()[:] += 1
         drafted = num_draft.numpy() > 0
         ema = ctx.state["first_accept_ema"].numpy()  # updated in place (numpy: a few µs, not torch's dozens)
         ema[drafted] = (1 - self.EMA) * ema[drafted] + self.EMA * (num_accepted.numpy()[drafted] > 0)
