@@ -224,8 +224,8 @@ class LearnedPolicy:
         Drafting one column pays when (W + Σ_b w_b·a_b) / (T + ΔT) > (1 + margin) · W / T: a_b is row b's running
         first-token acceptance, w_b its weight (:meth:`row_weights`, W their sum), T the measured time of a plain
         step at this batch size and ΔT what a drafted column adds to it (one draft forward plus the wider verify).
-        A batch that stops drafting re-probes now and then; at a batch size it has not run yet, the first step is
-        plain, so that T is measured, not assumed."""
+        A batch that stops drafting re-probes now and then, if any acceptance could pay; at a batch size it has not
+        run yet, the first step is plain, so that T is measured, not assumed."""
         n = ctx.batch_size
         self._p_all, self._expected, self._prefix_min = np.ones((3, n))
         self._live, self._weight = np.ones(n, bool), 1.0
@@ -243,12 +243,13 @@ class LearnedPolicy:
         self._weight = self.row_weights(ctx)
         rows, gain = self._weight.sum(), float(ctx.state["first_accept_ema"].numpy() @ self._weight)
         margin = self.BATCH_MARGIN if n > 1 else self.MARGIN
-        worth = (rows + gain) * plain > (1 + margin) * rows * (plain + column)
-        if worth:
+        needed = (1 + margin) * (plain + column) / plain - 1  # the mean first-token acceptance that pays
+        if gain > needed * rows:
             self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
             return gamma
         self._plain_steps += 1
-        if self._plain_steps > self._probe_every:  # one drafted token per row re-measures first-token acceptance
+        # one drafted token per row re-measures first-token acceptance — unless no acceptance could pay here
+        if needed < 1 and self._plain_steps > self._probe_every:
             self._plain_steps, self._probe_every = 0, min(2 * self._probe_every, self.PROBE_MAX)
             return gamma.clamp(max=1)
         self._live[:] = False
@@ -266,9 +267,18 @@ class LearnedPolicy:
         draft = self._draft_ms.get(n, calibrated[0][0] * self._draft_scale)
         seen = [self._verify_ms[(n, 1 + k)] / v for k, (_, v) in enumerate(calibrated) if (n, 1 + k) in self._verify_ms]
         scale = sum(seen) / len(seen) if seen else self._verify_scale  # this batch size's own, where measured
+        plain = self._verify_ms.get((n, 1))
+        verify = []
+        for k, (_, v) in enumerate(calibrated):
+            measured = self._verify_ms.get((n, 1 + k))
+            if measured is None and plain is not None:  # the shape measured at the nearest batch size, if any
+                near = [m for m in self._verify_ms if m[1] == 1 + k and (m[0], 1) in self._verify_ms]
+                if near:
+                    m = min(near, key=lambda key: abs(key[0] - n))
+                    measured = plain * self._verify_ms[m] / self._verify_ms[(m[0], 1)]
+            verify.append(v * scale if measured is None else measured)
         rest = self._overhead_per_row * n
-        verify = monotone([self._verify_ms.get((n, 1 + k), v * scale) + rest for k, (_, v) in enumerate(calibrated)])
-        return [(draft, v) for v in verify]
+        return [(draft, v + rest) for v in monotone(verify)]
 
     def _correct_costs(self, ctx: StepContext) -> None:
         """Fold the previous step's measured times into the running costs."""
