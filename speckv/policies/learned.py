@@ -258,9 +258,11 @@ class LearnedPolicy:
     def _step_costs(self, c, n: int) -> list[tuple[float, float]]:
         """[(draft ms, ms of a step verifying 1+k tokens per row)] at batch n, from what this engine measured.
 
-        A (batch, tokens) verify cost the engine has run is its running measurement; one it has not run yet is the
-        calibrated figure scaled by how measurements compare with calibration so far (calibration runs synthetic
-        forwards and misjudges the real step's shape, e.g. where kernels switch). Made non-decreasing in tokens."""
+        A (batch, tokens) verify cost the engine has run is its running measurement; one it has not run yet takes
+        its ratio to the plain step from the nearest batch size where both were measured, else the calibrated figure
+        scaled by how measurements compare with calibration (calibration runs synthetic forwards and misjudges the
+        real step's shape: it put verify(16, 2) at verify(16, 1), the engine measured far more). Made non-decreasing
+        in tokens."""
         if n not in self._cost_table:  # interpolate once per batch size, not every step
             self._cost_table[n] = [(c.draft(n), c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
         calibrated = self._cost_table[n]
