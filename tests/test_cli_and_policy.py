@@ -197,11 +197,13 @@ def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
     assert probes[:2] == [8, 25]  # a probe after 8 plain steps, the next after 16 more
     assert budgets[8] == 1  # a probe drafts one token per row: enough to re-measure first-token acceptance
     ctx.state["first_accept_ema"][:] = 1.0  # (8 + 8)/110 > 1.2 · 8/70: it pays again
+    assert int(policy.budget(ctx).min()) == 1  # ... but two tokens per row were never verified at batch 8: one first
+    ctx.last_step = {"batch": 8, "tokens": 2, "forwards": 1, "draft_ms": 30.0, "verify_ms": 80.0, "wall_ms": 110.0}
     assert int(policy.budget(ctx).min()) == 4
     # one row alone (margin 5 %), where a column costs 10 ms: (1 + 0.5)/50 > 1.05 · 1/40
     one = context(1)
     one.state["first_accept_ema"][:] = 0.5
-    assert int(policy.budget(one)[0]) == 4
+    assert int(policy.budget(one)[0]) == 1
     one.state["first_accept_ema"][:] = 0.25  # (1 + 0.25)/50 < 1.05 · 1/40: a 25 % first token is not enough
     assert int(policy.budget(one)[0]) == 0
 

@@ -246,7 +246,8 @@ class LearnedPolicy:
         needed = (1 + margin) * (plain + column) / plain - 1  # the mean first-token acceptance that pays
         if gain > needed * rows:
             self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
-            return gamma
+            # a drafted column this batch size has not run yet is a guess: try one before trusting it with more
+            return gamma if (n, 2) in self._verify_ms else gamma.clamp(max=1)
         self._plain_steps += 1
         # one drafted token per row re-measures first-token acceptance — unless no acceptance could pay here
         if needed < 1 and self._plain_steps > self._probe_every:
