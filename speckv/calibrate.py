@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from speckv.costs import CostModel, median_ms
+from speckv.costs import CostModel, median_ms, monotone
 from speckv.kvcache import RaggedCache
 from speckv.models import cache_dir
 
@@ -96,13 +96,3 @@ def calibrate(engine, batch_sizes=BATCH_SIZES, tokens=TOKENS, context: int = CON
         draft_ms.append(median_ms(lambda: engine.drafter.draft_logits(last), REPEATS + 2, engine._sync))
     return CostModel(list(batch_sizes), list(tokens), verify_ms, draft_ms)
 
-
-def monotone(values: list[float]) -> list[float]:
-    """The closest non-decreasing sequence in least squares (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, count]
-    for v in values:
-        blocks.append([v, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
-            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
-    return [m for m, n in blocks for _ in range(n)]

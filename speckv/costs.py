@@ -50,6 +50,17 @@ def _interp(xs: list[int], ys: list[float], x: float) -> float:
     return ys[i - 1] + frac * (ys[i] - ys[i - 1])
 
 
+def monotone(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(n)]
+
+
 def median_ms(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> float:
     fn()  # warm-up
     sync()

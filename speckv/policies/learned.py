@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from speckv.calibrate import monotone
+from speckv.costs import monotone
 from speckv.policies.base import StepContext
 
 COMPRESSIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
@@ -235,11 +235,11 @@ class LearnedPolicy:
         if ctx.costs is None:
             return gamma
         self._correct_costs(ctx)
-        self._costs = self._step_costs(ctx.costs, n)
-        plain, column = self._costs[0][1], self._costs[0][0] + self._costs[1][1] - self._costs[0][1]
         if (n, 1) not in self._verify_ms:  # measure plain decoding at this batch size first: the baseline to beat
             self._live[:] = False
             return torch.zeros(n, dtype=torch.long)
+        self._costs = self._step_costs(ctx.costs, n)
+        plain, column = self._costs[0][1], self._costs[0][0] + self._costs[1][1] - self._costs[0][1]
         self._weight = self.row_weights(ctx)
         rows, gain = self._weight.sum(), float(ctx.state["first_accept_ema"].numpy() @ self._weight)
         margin = self.BATCH_MARGIN if n > 1 else self.MARGIN
