@@ -116,8 +116,10 @@ class EagleDrafter:
     # ---- the Drafter protocol ---------------------------------------------------------------------------
     def _reset(self, batch: int) -> None:
         self.cache = RaggedCache(batch, self.device)
-        self.queue_feat: list[torch.Tensor] = []  # B × [q_b, H] features not yet fed to the head
-        self.queue_tok: list[torch.Tensor] = []  # B × [q_b] the token after each queued feature
+        # committed positions not yet fed to the head, as whole-batch chunks (tokens [B, w], features [B, w, H],
+        # valid [B, w]): feature f_t with the token x_{t+1} after it. A commit appends one chunk, whatever B is
+        # (a plain step costs the drafter a list append); invalid slots become holes in the head's cache.
+        self.queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.last_pred: torch.Tensor | None = None  # [B, H] the head's latest predicted feature
         self.draft_slots = 0  # cache slots fed with predicted features since the last commit
 
@@ -127,11 +129,17 @@ class EagleDrafter:
             raise ValueError("EagleDrafter needs the target's hidden states (needs_target_hidden=True)")
         assert len(prompt_ids) == len(hidden) == first_tokens.shape[0]
         self._reset(len(prompt_ids))
-        for ids, feat, first in zip(prompt_ids, hidden, first_tokens.tolist()):
+        width = max(len(ids) for ids in prompt_ids)
+        toks = torch.zeros(len(prompt_ids), width, dtype=torch.long, device=self.device)
+        feats = torch.zeros(len(prompt_ids), width, hidden[0].shape[-1], dtype=self.dtype, device=self.device)
+        valid = torch.zeros(len(prompt_ids), width, dtype=torch.bool, device=self.device)
+        for b, (ids, feat, first) in enumerate(zip(prompt_ids, hidden, first_tokens.tolist())):
             assert feat.shape[0] == len(ids), "one feature per prompt position"
             # pair feature f_t with token x_{t+1}: the prompt shifted by one, then the target's first token
-            self.queue_tok.append(torch.tensor(list(ids[1:]) + [first], dtype=torch.long, device=self.device))
-            self.queue_feat.append(feat.to(self.device, self.dtype))
+            toks[b, : len(ids)] = torch.tensor(list(ids[1:]) + [first], dtype=torch.long)
+            feats[b, : len(ids)] = feat
+            valid[b, : len(ids)] = True
+        self.queue = [(toks, feats, valid)]
 
     @torch.no_grad()
     def draft_logits(self, last_tokens: torch.Tensor | None) -> torch.Tensor:
@@ -154,35 +162,29 @@ class EagleDrafter:
             self.cache.trim()
         self.draft_slots = 0
         self.last_pred = None
-        for b, n in enumerate(num_new.tolist()):
-            self.queue_tok[b] = torch.cat([self.queue_tok[b], new_tokens[b, :n].to(self.device)])
-            self.queue_feat[b] = torch.cat([self.queue_feat[b], hidden[b, :n].to(self.device, self.dtype)])
+        width = new_tokens.shape[1]
+        valid = torch.arange(width, device=self.device)[None, :] < num_new.to(self.device)[:, None]
+        self.queue.append((new_tokens.to(self.device), hidden[:, :width].to(self.device, self.dtype), valid))
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        keep = rows.tolist()
-        self.cache.select_rows(rows.to(self.device))
-        self.queue_tok = [self.queue_tok[i] for i in keep]
-        self.queue_feat = [self.queue_feat[i] for i in keep]
+        rows = rows.to(self.device)
+        self.cache.select_rows(rows)
+        self.queue = [tuple(t[rows] for t in chunk) for chunk in self.queue]
         if self.last_pred is not None:
-            self.last_pred = self.last_pred[rows.to(self.device)]
+            self.last_pred = self.last_pred[rows]
 
     # ---- internals --------------------------------------------------------------------------------------
     def _feed_queue(self) -> torch.Tensor:  # [B, H] prediction at each row's last queued position
-        lengths = [int(t.shape[0]) for t in self.queue_tok]
-        if min(lengths) < 1:
+        if not self.queue:
             raise RuntimeError("draft_logits(None) with an empty queue: commit at least one token per row first")
-        width = max(lengths)
-        batch = len(lengths)
-        toks = torch.zeros(batch, width, dtype=torch.long, device=self.device)
-        feats = torch.zeros(batch, width, self.embed.weight.shape[1], dtype=self.dtype, device=self.device)
-        valid = torch.zeros(batch, width, dtype=torch.bool, device=self.device)
-        for b, n in enumerate(lengths):  # right-padded: the padding slots become holes in the cache
-            toks[b, :n], feats[b, :n], valid[b, :n] = self.queue_tok[b], self.queue_feat[b], True
+        toks, feats, valid = (torch.cat(parts, dim=1) for parts in zip(*self.queue)) if len(self.queue) > 1 \
+            else self.queue[0]
+        if not bool(valid.any(dim=1).all()):
+            raise RuntimeError("draft_logits(None): a row has no committed token to feed the head")
         out = self._forward(feats, toks, valid)
-        last = torch.tensor(lengths, device=self.device) - 1
-        self.queue_tok = [t[:0] for t in self.queue_tok]
-        self.queue_feat = [f[:0] for f in self.queue_feat]
-        return out[torch.arange(batch, device=self.device), last]
+        last = valid.shape[1] - 1 - valid.flip(1).int().argmax(dim=1)  # each row's last valid slot
+        self.queue = []
+        return out[torch.arange(valid.shape[0], device=self.device), last]
 
     def _forward(self, feats: torch.Tensor, toks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         inputs = self.cache.model_inputs(toks, valid)
