@@ -111,21 +111,24 @@ def train_policy_args(tmp_path):
     return parser.parse_args([str(tmp_path / "col"), "--output", str(tmp_path / "pol.safetensors"), "--epochs", "15"])
 
 
-def test_learned_decisions_match_the_torch_mlp_and_are_cheap():
+def test_learned_acceptance_matches_the_torch_mlp():
     torch.manual_seed(0)
     mlp = AcceptanceMLP()
     mlp.mean.uniform_()
     mlp.std.uniform_(0.5, 2)
     policy = LearnedPolicy(mlp, 8)
-    b = 8
-    ctx = StepContext(batch_size=b, context_len=torch.randint(10, 300, (b,)), num_generated=torch.zeros(b), max_new_tokens=torch.full((b,), 64),
-                      last_num_draft=torch.zeros(b), last_num_accepted=torch.zeros(b),
-                      accept_rate_ema=torch.rand(b), compression="nf4", costs=None, gamma_max=8)
-    policy.budget(ctx)
-    top1, ent = torch.rand(b), torch.rand(b) * 3
-    x = feature_matrix(top1, ent, torch.zeros(b), ctx.accept_rate_ema, torch.ones(b), ctx.context_len, "nf4")
-    expected = torch.sigmoid(mlp(x)).detach().numpy()
-    np.testing.assert_allclose(policy.acceptance(ctx, 0, top1.numpy(), ent.numpy()), expected, rtol=1e-5)
+    for b in (8, 1):  # a batch runs numpy, one row plain Python floats
+        ctx = StepContext(batch_size=b, context_len=torch.randint(10, 300, (b,)), num_generated=torch.zeros(b),
+                          max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
+                          last_num_accepted=torch.zeros(b), accept_rate_ema=torch.rand(b), compression="nf4",
+                          costs=None, gamma_max=8)
+        policy.budget(ctx)
+        top1, ent = torch.rand(b), torch.rand(b) * 3
+        for pos in (0, 3):
+            x = feature_matrix(top1, ent, torch.full((b,), pos), ctx.accept_rate_ema, torch.ones(b), ctx.context_len,
+                               "nf4")
+            expected = torch.sigmoid(mlp(x)).detach().numpy()
+            np.testing.assert_allclose(policy.acceptance(pos, top1.numpy(), ent.numpy()), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("with_weights", [False, True])
@@ -137,7 +140,7 @@ def test_learned_policy_keeps_greedy_parity(tokenizer, with_weights, tmp_path):
     path = None
     if with_weights:
         mlp = AcceptanceMLP()
-        LearnedPolicy(mlp, 8).save(tmp_path / "p.safetensors", {"hidden": 32})
+        LearnedPolicy(mlp, 8).save(tmp_path / "p.safetensors", {"hidden": mlp.net[0].out_features})
         path = str(tmp_path / "p.safetensors")
     config = EngineConfig(policy=PolicySpec(name="learned", gamma_max=6, path=path), max_batch_size=4)
     engine = SpecEngine(config, target=target, tokenizer=tokenizer, drafter=DraftLM(draft, torch.device("cpu"),
@@ -174,6 +177,21 @@ def test_a_column_is_drafted_only_when_the_whole_batch_pays_for_it():
     assert keep.tolist() == [True, True, False, False]
 
 
+def test_one_row_decides_on_floats_exactly_as_on_arrays():
+    from speckv.policies.learned import decide
+
+    rng = np.random.default_rng(0)
+    costs = [(2.0, 20.0 + 3 * k + rng.random()) for k in range(6)]
+    for _ in range(200):
+        a, p_all, pos = rng.random(), rng.random(), int(rng.integers(0, 4))
+        expected, margin = 1 + rng.random() * pos, float(rng.choice([0.0, 0.05]))
+        for c in (costs, None):
+            on_floats = decide(a, p_all, expected, True, pos, c, margin=margin)
+            on_arrays = decide(np.array([a]), np.array([p_all]), np.array([expected]), np.ones(1, bool), pos, c,
+                               margin=margin)
+            assert [float(x) for x in on_floats] == [float(x[0]) for x in on_arrays]
+
+
 def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
     costs = CostModel([1, 8], [1, 2], [[40, 45], [70, 80]], [5, 30])  # a drafted column costs 40 ms at batch 8
 
@@ -204,16 +222,17 @@ def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
     one = context(1)
     one.state["first_accept_ema"][:] = 0.5
     assert int(policy.budget(one)[0]) == 1
-    one.state["first_accept_ema"][:] = 0.25  # (1 + 0.25)/50 < 1.05 · 1/40: a 25 % first token is not enough
+    policy = LearnedPolicy(None, 4)  # a fresh batch, whose row has accepted a first token 25 % of the time
+    one = context(1)
+    one.state["first_accept_ema"][:] = 0.25  # (1 + 0.25)/50 < 1.05 · 1/40: not enough
     assert int(policy.budget(one)[0]) == 0
 
 
 def test_row_weights_favour_the_rows_the_batch_waits_for():
     b = 3
-    ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.tensor([30, 10, 10]),
+    ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.tensor([30, 10, 20]),
                       max_new_tokens=torch.tensor([40, 40, 40]), last_num_draft=torch.zeros(b),
                       last_num_accepted=torch.zeros(b), accept_rate_ema=torch.full((b,), 0.5), compression="bf16",
                       costs=None, gamma_max=4)
-    ctx.state["steps"] = torch.tensor([10.0, 10.0, 5.0])  # 3, 1 and 2 tokens per step so far
-    # steps left: 10/3, 30/1, 30/2 → relative to the longest
-    np.testing.assert_allclose(LearnedPolicy.row_weights(ctx), [10 / 3 / 30, 1.0, 0.5])
+    # after 10 steps: 3, 1 and 2 tokens per step so far; steps left: 10/3, 30/1, 20/2 → relative to the longest
+    np.testing.assert_allclose(LearnedPolicy.row_weights(ctx, 10), [10 / 3 / 30, 1.0, 1 / 3])

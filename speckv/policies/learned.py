@@ -21,6 +21,8 @@ falls back to the draft's own top-1 probability; the cost-aware rule is the same
 from __future__ import annotations
 
 import json
+import math
+import operator
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "policy" / "l
 
 
 class AcceptanceMLP(torch.nn.Module):
-    def __init__(self, n_features: int = len(FEATURES), hidden: int = 32) -> None:
+    def __init__(self, n_features: int = len(FEATURES), hidden: int = 8) -> None:
         super().__init__()
         self.net = torch.nn.Sequential(
             torch.nn.Linear(n_features, hidden), torch.nn.ReLU(),
@@ -73,58 +75,92 @@ def feature_matrix(
 
 
 class _FoldedMLP:
-    """The MLP in numpy with the normalisation folded into the first layer, for per-step decisions in a few µs.
+    """The MLP in numpy for per-step decisions: normalisation folded into the first layer, biases carried by a
+    constant unit (a hidden unit fixed at 1, which ReLU keeps), so that a decision is a handful of numpy calls.
 
     The first layer splits into the part that changes with the draft position (top-1, entropy, prefix minimum:
-    one [B, 3] @ [3, H] product; the position: a row of a table) and the part that is fixed for a step (history,
-    context, compression), computed once per step. Every call is a handful of numpy operations: in the engine they
-    run right after a target forward has flushed the CPU caches, so their number is what costs.
+    one [B, 3] @ [3, H] product) and a per-step table over positions of everything else (history, context,
+    compression, position). The number of calls is what costs: in the engine they run right after a forward pass
+    has flushed the CPU caches, where each distinct numpy call costs tens of µs, not one.
     """
 
     def __init__(self, mlp: AcceptanceMLP, max_position: int = 64) -> None:
         lin1, lin2, lin3 = (m for m in mlp.net if isinstance(m, torch.nn.Linear))
         std, mean = mlp.std.numpy().astype(np.float64), mlp.mean.numpy().astype(np.float64)
         w1 = lin1.weight.detach().numpy().T.astype(np.float64) / std[:, None]  # [F, H]
-        self.b1 = lin1.bias.detach().numpy().astype(np.float64) - mean / std @ (w1 * std[:, None])
-        self.w1 = w1
-        self.col = {name: i for i, name in enumerate(FEATURES)}
-        self.w_signals = w1[[self.col["top1"], self.col["entropy"], self.col["prefix_min_top1"]]]  # [3, H]
-        self.w_position = np.arange(max_position)[:, None] * w1[self.col["position"]]  # [P, H]
-        self.w2, self.b2 = lin2.weight.detach().numpy().T.astype(np.float64), lin2.bias.detach().numpy()
-        self.w3, self.b3 = lin3.weight.detach().numpy()[0].astype(np.float64), float(lin3.bias.detach()[0])
+        b1 = lin1.bias.detach().numpy().astype(np.float64) - mean @ w1
+        hidden = w1.shape[1]
 
-    def step_base(self, accept_rate_ema: np.ndarray, context_len: np.ndarray, compression: str) -> np.ndarray:
-        c = self.col
-        base = self.b1 + np.outer(accept_rate_ema, self.w1[c["accept_rate_ema"]])
-        base += np.outer(np.log1p(context_len), self.w1[c["log_context"]])
-        return base + self.w1[c[f"is_{compression}"]]
+        def unit(row: np.ndarray, one: float = 0.0) -> np.ndarray:  # append the constant unit's column
+            return np.concatenate([row, np.full(row.shape[:-1] + (1,), one)], axis=-1)
 
-    def prob(self, base: np.ndarray, signals: np.ndarray, pos: int) -> np.ndarray:
-        """P(accept) per row; ``signals`` [B, 3] = (top-1, entropy, prefix minimum of top-1)."""
+        col = {name: i for i, name in enumerate(FEATURES)}
+        self.w_signals = unit(w1[[col["top1"], col["entropy"], col["prefix_min_top1"]]])  # [3, H+1]
+        self.w_history = unit(w1[[col["accept_rate_ema"], col["log_context"]]])  # [2, H+1]
+        self.w_position = unit(np.arange(max_position)[:, None] * w1[col["position"]])  # [P, H+1]
+        self.bias = {c: unit(b1 + w1[col[f"is_{c}"]], 1.0) for c in COMPRESSIONS}  # [H+1], constant unit = 1
+        self.w2 = np.zeros((hidden + 1, hidden + 1))  # [[W2, 0], [b2, 1]]
+        self.w2[:hidden, :hidden] = lin2.weight.detach().numpy().T
+        self.w2[hidden, :hidden], self.w2[hidden, hidden] = lin2.bias.detach().numpy(), 1.0
+        self.w3 = np.append(lin3.weight.detach().numpy()[0], lin3.bias.detach().numpy()[0]).astype(np.float64)
+        # the same weights as Python lists, for a batch of one: a loop of float operations touches far less code
+        # than a dozen numpy calls do, which is what counts right after a forward pass (see the class docstring)
+        # per unit: position, top-1, entropy and prefix-minimum weights
+        self.one_layer1 = (self.w_position[1, :hidden].tolist(), *self.w_signals[:, :hidden].tolist())
+        self.one_history = list(zip(*self.w_history[:, :hidden].tolist()))
+        self.one_bias = {c: b[:hidden].tolist() for c, b in self.bias.items()}
+        self.one_layer2 = list(zip(self.w2[:hidden, :hidden].T.tolist(), self.w2[hidden, :hidden].tolist()))
+        self.one_w3, self.one_b3 = self.w3[:hidden].tolist(), float(self.w3[hidden])
+
+    def step_table(self, accept_rate_ema: np.ndarray, context_len: np.ndarray, compression: str,
+                   positions: int) -> np.ndarray:
+        """[positions, B, H+1]: the first layer's pre-activation without the draft signals, per position and row."""
+        history = np.stack([accept_rate_ema, np.log1p(context_len)], axis=1) @ self.w_history + self.bias[compression]
+        return self.w_position[:positions, None, :] + history[None]
+
+    def logit(self, table_at_pos: np.ndarray, signals: np.ndarray) -> np.ndarray:
+        """Logit of P(accept) per row; ``signals`` [B, 3] = (top-1, entropy, prefix minimum of top-1)."""
         h = signals @ self.w_signals
-        h += base
-        h += self.w_position[pos]
+        h += table_at_pos
         h = np.maximum(h, 0.0, out=h) @ self.w2
-        h += self.b2
-        z = np.maximum(h, 0.0, out=h) @ self.w3
-        return 1.0 / (1.0 + np.exp(-self.b3 - z))
+        return np.maximum(h, 0.0, out=h) @ self.w3
 
 
-def _group_sum(x: np.ndarray, group: np.ndarray | None):
+    def step_base_one(self, accept_rate_ema: float, context_len: float, compression: str) -> list[float]:
+        """One row's first-layer pre-activation without the draft signals and the position, as a list."""
+        history = (accept_rate_ema, math.log1p(context_len))
+        return [b + history[0] * w[0] + history[1] * w[1]
+                for b, w in zip(self.one_bias[compression], self.one_history)]
+
+    def prob_one(self, base: list[float], pos: int, top1: float, entropy: float, prefix_min: float) -> float:
+        """P(accept) for one row, in plain Python floats: the same function as :meth:`logit` on one row."""
+        h = [v if (v := b + pos * wp + top1 * w0 + entropy * w1 + prefix_min * w2) > 0.0 else 0.0
+             for b, wp, w0, w1, w2 in zip(base, *self.one_layer1)]
+        h = [v if (v := sum(map(operator.mul, h, col)) + b) > 0.0 else 0.0 for col, b in self.one_layer2]
+        z = sum(map(operator.mul, h, self.one_w3)) + self.one_b3
+        return 1.0 / (1.0 + math.exp(-max(z, -60.0)))
+
+
+def _where(cond, a, b):
+    """``np.where`` for arrays, a plain conditional for one row's floats (the batch-1 path stays in Python)."""
+    return np.where(cond, a, b) if isinstance(cond, np.ndarray) else (a if cond else b)
+
+
+def _group_sum(x, group: np.ndarray | None):
     """Sum of ``x`` over each row's batch (``group`` ids, summed back onto the rows; ``None``: one batch, a scalar)."""
     if group is None:
-        return x.sum()
+        return x.sum() if isinstance(x, np.ndarray) else x
     return np.bincount(group, weights=x)[group]
 
 
-def decide(a: np.ndarray, p_all: np.ndarray, expected: np.ndarray, live: np.ndarray, pos: int,
-           costs: list | None, group: np.ndarray | None = None, weight: np.ndarray | float = 1.0,
-           margin: float = 0.0):
+def decide(a, p_all, expected, live, pos: int, costs: list | None, group: np.ndarray | None = None,
+           weight: np.ndarray | float = 1.0, margin: float = 0.0):
     """The stopping rule, shared by the policy and the offline replay. Returns (propose, more, p_all', expected').
 
     ``a``: P(accept the token at ``pos`` | its prefix accepted); ``p_all``/``expected``: P(all proposed so far
-    accepted) and E[tokens] of the step so far, per row; ``live``: rows still drafting. ``costs[k] = (draft ms,
-    ms of a step that verifies 1+k tokens per row)``, for the batch as a whole.
+    accepted) and E[tokens] of the step so far, per row; ``live``: rows still drafting — numpy arrays, or floats
+    and a bool for a batch of one. ``costs[k] = (draft ms, ms of a step that verifies 1+k tokens per row)``, for
+    the batch as a whole.
 
     A step's time is set by its widest row: every row pays for a column of drafted tokens, proposed or not. So the
     decision is per column, for a whole batch (``group``): propose position ``pos`` — in every live row — if the
@@ -142,14 +178,14 @@ def decide(a: np.ndarray, p_all: np.ndarray, expected: np.ndarray, live: np.ndar
         draft, verify_here = costs[pos]
         spent = (pos + 1) * draft + verify_here  # this position's draft forward has run already
         extra = costs[pos + 1][1] - verify_here
-        gain, tokens = _group_sum(np.where(live, p_next, 0.0) * weight, group), _group_sum(expected * weight, group)
+        gain, tokens = _group_sum(_where(live, p_next, 0.0) * weight, group), _group_sum(expected * weight, group)
         # (E + G) / (S + ΔV) > (1 + m) · E / S
         keep = live & (gain * spent > tokens * (extra + margin * (spent + extra)))
-        gain2 = _group_sum(np.where(keep, p_next * a, 0.0) * weight, group)
+        gain2 = _group_sum(_where(keep, p_next * a, 0.0) * weight, group)
         extra2 = draft + costs[min(pos + 2, len(costs) - 1)][1] - costs[pos + 1][1]
         spent2, tokens2 = spent + extra, tokens + gain
         more = keep & (gain2 * spent2 > tokens2 * (extra2 + margin * (spent2 + extra2)))
-    return keep, more, np.where(keep, p_next, p_all), np.where(keep, expected + p_next, expected)
+    return keep, more, _where(keep, p_next, p_all), _where(keep, expected + p_next, expected)
 
 
 class LearnedPolicy:
@@ -159,12 +195,14 @@ class LearnedPolicy:
     def __init__(self, mlp: AcceptanceMLP | None, gamma_max: int, meta: dict | None = None) -> None:
         self.mlp, self.gamma_max, self.meta = mlp, gamma_max, meta or {}
         self.fast = _FoldedMLP(mlp) if mlp is not None else None
-        self._cost_table: dict[int, list[tuple[float, float]]] = {}  # calibrated costs by batch size
+        self._calibrated: dict[int, list[tuple[float, float]]] = {}  # calibrated costs by batch size
         # what real steps cost, learned online from the engine's measured steps: verify ms by (batch, tokens per row),
         # ms of a draft forward by batch, bookkeeping ms per row, and how measurements compare with calibration
         self._verify_ms: dict[tuple[int, int], float] = {}
         self._draft_ms: dict[int, float] = {}
         self._draft_scale, self._verify_scale, self._overhead_per_row = 1.0, 1.0, 0.0
+        self._costs, self._costs_batch, self._costs_age = [], 0, 0  # the step cost list in use, and for which batch
+        self._gammas: dict[tuple[int, int], torch.Tensor] = {}  # budgets handed out, by (batch, γ): made once
 
     @classmethod
     def load(cls, path: str | Path | None, gamma_max: int) -> LearnedPolicy:
@@ -199,22 +237,27 @@ class LearnedPolicy:
     #: decoding is the safe side and the estimate can err — step times are noisy, and a static batch waits for its
     #: slowest row (measured at batch 4: steps of 1.45 tokens per row on average cut the batch's steps only 1.22×)
     MARGIN, BATCH_MARGIN = 0.05, 0.2
+    #: the step cost list is rebuilt from the running measurements every this many steps (and when a new batch size
+    #: or a new (batch, tokens) cell is measured); the measurements move slowly, a rebuild is dozens of Python calls
+    COST_REFRESH = 8
 
     def init_state(self, ctx: StepContext) -> None:
         ctx.state["first_accept_ema"] = torch.full((ctx.batch_size,), 0.5)
-        ctx.state["steps"] = torch.zeros(ctx.batch_size)
-        self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
+        # a static batch's rows all start together and only leave, so every live row has run the same steps; once
+        # one row is left, its first-token acceptance lives in a float (batches only shrink)
+        self._steps, self._plain_steps, self._probe_every, self._drafting = 0, 0, self.PROBE_EVERY, False
+        self._first_accept_one: float | None = None
 
     @staticmethod
-    def row_weights(ctx: StepContext) -> np.ndarray:
+    def row_weights(ctx: StepContext, steps: int) -> np.ndarray:
         """How much a token of each row is worth to the batch: its share of the batch's remaining steps.
 
         A static batch runs until its slowest row is done, so a token that shortens the longest-running row saves a
         whole batched step, while one for a row that will finish early anyway only saves that row's share of the
         later, smaller steps. Rows are weighted by their expected remaining steps (tokens left / tokens per step so
-        far) relative to the batch's largest; with one row, or rows alike, the weights are 1."""
+        far, over the ``steps`` the batch has run) relative to the batch's largest; rows alike weigh 1."""
         done = ctx.num_generated.numpy().astype(np.float64)
-        per_step = np.maximum(done / np.maximum(ctx.state["steps"].numpy(), 1.0), 1.0)
+        per_step = np.maximum(done / max(steps, 1), 1.0)
         left = np.maximum(ctx.max_new_tokens.numpy() - done, 1.0) / per_step
         return left / left.max()
 
@@ -225,36 +268,65 @@ class LearnedPolicy:
         first-token acceptance, w_b its weight (:meth:`row_weights`, W their sum), T the measured time of a plain
         step at this batch size and ΔT what a drafted column adds to it (one draft forward plus the wider verify).
         A batch that stops drafting re-probes now and then, if any acceptance could pay; at a batch size it has not
-        run yet, the first step is plain, so that T is measured, not assumed."""
-        n = ctx.batch_size
-        self._p_all, self._expected, self._prefix_min = np.ones((3, n))
-        self._live, self._weight = np.ones(n, bool), 1.0
-        if self.fast is not None:
-            self._base = self.fast.step_base(ctx.accept_rate_ema.numpy(), ctx.context_len.numpy(), ctx.compression)
-        gamma = torch.full((n,), min(self.gamma_max, ctx.gamma_max), dtype=torch.long)
+        run yet, the first step is plain, so that T is measured, not assumed. The plain path is a few Python
+        operations: it runs on every step of a batch that does not speculate."""
+        n, gamma = ctx.batch_size, min(self.gamma_max, ctx.gamma_max)
+        self._drafting = False
         if ctx.costs is None:
-            return gamma
+            return self._start(ctx, 1.0 if n == 1 else np.ones(n), gamma)
         self._correct_costs(ctx)
         if (n, 1) not in self._verify_ms:  # measure plain decoding at this batch size first: the baseline to beat
-            self._live[:] = False
-            return torch.zeros(n, dtype=torch.long)
-        self._costs = self._step_costs(ctx.costs, n)
+            return self._budget(n, 0)
+        self._costs_age += 1
+        if self._costs_batch != n or self._costs_age >= self.COST_REFRESH:
+            self._costs, self._costs_batch, self._costs_age = self._step_costs(ctx.costs, n), n, 0
         plain, column = self._costs[0][1], self._costs[0][0] + self._costs[1][1] - self._costs[0][1]
-        self._weight = self.row_weights(ctx)
-        rows, gain = self._weight.sum(), float(ctx.state["first_accept_ema"].numpy() @ self._weight)
-        margin = self.BATCH_MARGIN if n > 1 else self.MARGIN
-        needed = (1 + margin) * (plain + column) / plain - 1  # the mean first-token acceptance that pays
+        needed = (1 + (self.BATCH_MARGIN if n > 1 else self.MARGIN)) * (plain + column) / plain - 1
+        if needed >= 1:  # not even a first token accepted every time would pay: plain decoding, no probes
+            return self._budget(n, 0)
+        if n == 1:
+            weight, rows, gain = 1.0, 1.0, self._first_accept(ctx)
+        else:
+            weight = self.row_weights(ctx, self._steps)
+            rows, gain = weight.sum(), float(ctx.state["first_accept_ema"].numpy() @ weight)
         if gain > needed * rows:
             self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
             # a drafted column this batch size has not run yet is a guess: try one before trusting it with more
-            return gamma if (n, 2) in self._verify_ms else gamma.clamp(max=1)
+            return self._start(ctx, weight, gamma if (n, 2) in self._verify_ms else 1)
         self._plain_steps += 1
-        # one drafted token per row re-measures first-token acceptance — unless no acceptance could pay here
-        if needed < 1 and self._plain_steps > self._probe_every:
+        if self._plain_steps > self._probe_every:  # one drafted token per row re-measures first-token acceptance
             self._plain_steps, self._probe_every = 0, min(2 * self._probe_every, self.PROBE_MAX)
-            return gamma.clamp(max=1)
-        self._live[:] = False
-        return torch.zeros(n, dtype=torch.long)
+            return self._start(ctx, weight, 1)
+        return self._budget(n, 0)
+
+    def _budget(self, n: int, gamma: int) -> torch.Tensor:
+        key = (n, gamma)
+        if key not in self._gammas:  # the engine only reads budgets, so one tensor per (batch, γ) serves every step
+            self._gammas[key] = torch.full((n,), gamma, dtype=torch.long)
+        return self._gammas[key]
+
+    def _start(self, ctx: StepContext, weight, gamma: int) -> torch.Tensor:
+        """Set up a drafting step: per-row running products (floats for one row, arrays for a batch), the draft
+        signals' buffer and the MLP's per-step table."""
+        n = ctx.batch_size
+        self._drafting, self._weight = True, weight
+        if n == 1:
+            self._p_all, self._expected, self._live, self._prefix_min = 1.0, 1.0, True, 1.0
+            if self.fast is not None:
+                self._base_one = self.fast.step_base_one(ctx.accept_rate_ema.item(), ctx.context_len.item(),
+                                                         ctx.compression)
+        else:
+            self._p_all, self._expected, self._live = np.ones(n), np.ones(n), np.ones(n, bool)
+            self._signals = np.ones((n, 3))  # top-1, entropy, prefix minimum of top-1 (1 before the first position)
+            if self.fast is not None:
+                self._table = self.fast.step_table(ctx.accept_rate_ema.numpy(), ctx.context_len.numpy(),
+                                                   ctx.compression, gamma)
+        return self._budget(n, gamma)
+
+    def _first_accept(self, ctx: StepContext) -> float:
+        if self._first_accept_one is None:
+            self._first_accept_one = ctx.state["first_accept_ema"].item()
+        return self._first_accept_one
 
     def _step_costs(self, c, n: int) -> list[tuple[float, float]]:
         """[(draft ms, ms of a step verifying 1+k tokens per row)] at batch n, from what this engine measured.
@@ -264,9 +336,7 @@ class LearnedPolicy:
         scaled by how measurements compare with calibration (calibration runs synthetic forwards and misjudges the
         real step's shape: it put verify(16, 2) at verify(16, 1), the engine measured far more). Made non-decreasing
         in tokens."""
-        if n not in self._cost_table:  # interpolate once per batch size, not every step
-            self._cost_table[n] = [(c.draft(n), c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
-        calibrated = self._cost_table[n]
+        calibrated = self._calibrated_at(c, n)
         draft = self._draft_ms.get(n, calibrated[0][0] * self._draft_scale)
         seen = [self._verify_ms[(n, 1 + k)] / v for k, (_, v) in enumerate(calibrated) if (n, 1 + k) in self._verify_ms]
         scale = sum(seen) / len(seen) if seen else self._verify_scale  # this batch size's own, where measured
@@ -283,43 +353,74 @@ class LearnedPolicy:
         rest = self._overhead_per_row * n
         return [(draft, v + rest) for v in monotone(verify)]
 
+    def _calibrated_at(self, c, n: int) -> list[tuple[float, float]]:
+        if n not in self._calibrated:  # interpolate once per batch size, not every step
+            self._calibrated[n] = [(c.draft(n), c.verify(n, 1 + k)) for k in range(self.gamma_max + 3)]
+        return self._calibrated[n]
+
     def _correct_costs(self, ctx: StepContext) -> None:
-        """Fold the previous step's measured times into the running costs."""
-        step, c, w = ctx.last_step, ctx.costs, self.EMA
+        """Fold the previous step's measured times into the running costs (plain Python: runs every step)."""
+        step, w = ctx.last_step, self.EMA
         if "wall_ms" not in step:
             return
         n, tokens = step["batch"], step["tokens"]
+        calibrated = self._calibrated_at(ctx.costs, n)
 
         def ema(old: float | None, new: float) -> float:
             return new if old is None else (1 - w) * old + w * new
 
+        if (n, tokens) not in self._verify_ms:
+            self._costs_age = self.COST_REFRESH  # a newly measured cell: rebuild the cost list now
         self._verify_ms[(n, tokens)] = ema(self._verify_ms.get((n, tokens)), step["verify_ms"])
-        self._verify_scale = ema(self._verify_scale, step["verify_ms"] / c.verify(n, tokens))
+        self._verify_scale = ema(self._verify_scale, step["verify_ms"] / calibrated[tokens - 1][1])
         if step["forwards"]:
             per_forward = step["draft_ms"] / step["forwards"]
             self._draft_ms[n] = ema(self._draft_ms.get(n), per_forward)
-            self._draft_scale = ema(self._draft_scale, per_forward / c.draft(n))
+            self._draft_scale = ema(self._draft_scale, per_forward / calibrated[0][0])
         rest = max(step["wall_ms"] - step["draft_ms"] - step["verify_ms"], 0.0) / n
         self._overhead_per_row = ema(self._overhead_per_row, rest)
 
-    def acceptance(self, ctx: StepContext, pos: int, top1: np.ndarray, entropy: np.ndarray) -> np.ndarray:
+    def acceptance(self, pos: int, top1: np.ndarray, entropy: np.ndarray) -> np.ndarray:
+        """[B] P(accept the token drafted at ``pos`` | its prefix accepted), in the step :meth:`budget` set up."""
+        if len(top1) == 1:
+            a = top1[0] if self.fast is None else self.fast.prob_one(self._base_one, pos, top1[0], entropy[0],
+                                                                      self._prefix_min)
+            return np.array([a])
+        signals = self._signals
+        signals[:, 0], signals[:, 1] = top1, entropy
         if self.fast is None:
-            return top1
-        return self.fast.prob(self._base, np.stack([top1, entropy, self._prefix_min], axis=1), pos)
+            return signals[:, 0].copy()
+        return 1.0 / (1.0 + np.exp(-self.fast.logit(self._table[min(pos, len(self._table) - 1)], signals)))
 
     def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor):
-        t1 = top1.numpy()
-        a = self.acceptance(ctx, pos, t1, entropy.numpy())
-        keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, self._live, pos,
-                                                         self._costs if ctx.costs is not None else None,
-                                                         weight=self._weight,
-                                                         margin=self.BATCH_MARGIN if ctx.batch_size > 1 else 0.0)
-        self._prefix_min = np.minimum(self._prefix_min, t1)
+        costs = self._costs if ctx.costs is not None else None
+        if ctx.batch_size == 1:  # Python floats throughout (see _FoldedMLP)
+            t1, ent = top1.item(), entropy.item()
+            a = t1 if self.fast is None else self.fast.prob_one(self._base_one, pos, t1, ent, self._prefix_min)
+            keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, self._live, pos, costs)
+            self._prefix_min, self._live = min(self._prefix_min, t1), more
+            return _ONE[keep], _ONE[more]
+        signals = self._signals
+        a = self.acceptance(pos, top1.numpy(), entropy.numpy())
+        keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, self._live, pos, costs,
+                                                         weight=self._weight, margin=self.BATCH_MARGIN)
+        np.minimum(signals[:, 2], signals[:, 0], out=signals[:, 2])
         self._live = more
         return torch.from_numpy(keep), torch.from_numpy(more)
 
     def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        ctx.state["steps"].numpy()[:] += 1
+        self._steps += 1
+        if not self._drafting:  # a plain step: nothing drafted, nothing to learn about acceptance
+            return
+        if ctx.batch_size == 1:
+            if num_draft.item():
+                accepted = num_accepted.item() > 0
+                self._first_accept_one = (1 - self.EMA) * self._first_accept(ctx) + self.EMA * accepted
+            return
         drafted = num_draft.numpy() > 0
         ema = ctx.state["first_accept_ema"].numpy()  # updated in place (numpy: a few µs, not torch's dozens)
         ema[drafted] = (1 - self.EMA) * ema[drafted] + self.EMA * (num_accepted.numpy()[drafted] > 0)
+
+
+#: a batch of one's decisions, made once: keep_drafting returns these rather than building tensors every call
+_ONE = {False: torch.zeros(1, dtype=torch.bool), True: torch.ones(1, dtype=torch.bool)}
