@@ -139,7 +139,8 @@ def build_corpus(target, tokenizer, prompts_path: Path, *, max_new_tokens: int, 
             if not path.is_file():
                 rng = random.Random(seed)
                 prompts = [chat_ids(tokenizer, r["prompt"]) for r in rows]
-                sampled = [rng.random() < sample_fraction for _ in rows]
+                # a row may force sampling ("sample": true: a second, sampled answer to a prompt seen elsewhere)
+                sampled = [bool(r["sample"]) if "sample" in r else rng.random() < sample_fraction for r in rows]
                 answers = generate_answers(target, tokenizer, prompts, sampled, max_new_tokens, batch_size,
                                            temperature, seed)
                 seqs = [p + a for p, a in zip(prompts, answers)]
@@ -165,6 +166,10 @@ def build_corpus(target, tokenizer, prompts_path: Path, *, max_new_tokens: int, 
         prompt_lens=tensors["prompt_lens"].tolist(),
         tasks=tasks,
     )
+
+
+def concat(corpora: list[Corpus]) -> Corpus:
+    return Corpus(*(sum((getattr(c, f) for c in corpora), []) for f in ("tokens", "features", "prompt_lens", "tasks")))
 
 
 def batch_of(corpus: Corpus, idx: list[int], max_len: int):
@@ -506,8 +511,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=("eagle", "lm"), default="eagle", help="which draft to train")
     parser.add_argument("--output", type=Path, default=None,
                         help="output dir (default: the shipped asset dir speckv/assets/<eagle|draft_lm>)")
-    parser.add_argument("--prompts", type=Path, default=DATA_DIR / "train_prompts.jsonl", help="training prompts")
-    parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N training prompts")
+    parser.add_argument("--prompts", type=Path, nargs="+", default=[DATA_DIR / "train_prompts.jsonl"],
+                        help="training prompt files (JSONL: prompt, task, optional sample)")
+    parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of each file")
     parser.add_argument("--bench", type=Path, default=DATA_DIR / "bench_mix.jsonl", help="held-out prompts")
     parser.add_argument("--target-dtype", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="length of the target's answers")
@@ -546,9 +552,10 @@ def command_line(args: argparse.Namespace) -> str:
         if value is True:
             parts.append(flag)
             continue
-        if isinstance(value, Path) and value.is_absolute() and value.is_relative_to(Path.cwd()):
-            value = value.relative_to(Path.cwd())
-        parts += [flag, shlex.quote(str(value))]
+        values = value if isinstance(value, list) else [value]
+        values = [v.relative_to(Path.cwd()) if isinstance(v, Path) and v.is_absolute() and v.is_relative_to(Path.cwd())
+                  else v for v in values]
+        parts += [flag, *(shlex.quote(str(v)) for v in values)]
     return " ".join(parts)
 
 
@@ -594,8 +601,9 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_only:
         print(json.dumps(evaluate(args.kind, output, target, device, bench, args), indent=2))
         return 0
-    train = build_corpus(target, tokenizer, args.prompts, sample_fraction=args.sample_fraction,
-                         temperature=args.temperature, max_prompts=args.max_prompts, **common)
+    train = concat([build_corpus(target, tokenizer, path, sample_fraction=args.sample_fraction,
+                                 temperature=args.temperature, max_prompts=args.max_prompts, **common)
+                    for path in args.prompts])
     data_s = time.time() - started
     print(f"data: {len(train.tokens)} sequences, {sum(len(t) for t in train.tokens)} tokens "
           f"({train.answer_tokens} answer tokens); bench {len(bench.tokens)} sequences; {data_s:.0f} s", flush=True)

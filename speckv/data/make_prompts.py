@@ -5,6 +5,11 @@
 Prompts are templates × topics for four tasks (code, continuation, math, dialogue). Topics are split
 before templating, so no benchmark prompt shares a topic (or, for math, its numbers) with a training
 prompt: acceptance measured on ``bench_*.jsonl`` is held out.
+
+``train_extra.jsonl`` widens the distillation data on the training topics only: the template × language
+combinations ``train_prompts.jsonl`` left out, more arithmetic, and the continuation and dialogue prompts once
+more with ``"sample": true`` (a second, sampled answer to the same prompt). Drawn from its own random stream,
+so the other files do not change.
 """
 
 from __future__ import annotations
@@ -175,6 +180,44 @@ def build(rng: random.Random) -> tuple[dict[str, list[str]], dict[str, list[str]
     return train, bench
 
 
+def build_extra(train: dict[str, list[str]], bench: dict[str, list[str]]) -> list[dict]:
+    """More training prompts from the training topics: new combinations, more maths, sampled second answers."""
+    rng = random.Random(SEED + 1)
+    seen = {p for prompts in train.values() for p in prompts} | {p for prompts in bench.values() for p in prompts}
+    bench_code = {task for task in CODE_TASKS if any(task in p for p in bench["code"])}
+    rows: list[dict] = []
+
+    def add(task: str, prompt: str, sample: bool = False) -> None:
+        if sample or prompt not in seen:
+            seen.add(prompt)
+            rows.append({"prompt": prompt, "task": task} | ({"sample": True} if sample else {}))
+
+    for task in (t for t in CODE_TASKS if t not in bench_code):
+        for template in CODE_TEMPLATES:
+            unused = [lang for lang in CODE_LANGS if template.format(lang=lang, task=task) not in seen]
+            for lang in rng.sample(unused, min(2, len(unused))):
+                add("code", template.format(lang=lang, task=task))
+    bench_text = " ".join(bench["continuation"])
+    for subject in (s for s in STORY_SUBJECTS if s not in bench_text):
+        for template in STORY_OPENINGS:
+            add("continuation", template.format(subject=subject))
+    for topic in (t for t in ESSAY_TOPICS if t not in bench_text):
+        for template in ESSAY_TEMPLATES:
+            add("continuation", template.format(topic=topic, topic_cap=topic[0].upper() + topic[1:]))
+    bench_dialogue = " ".join(bench["dialogue"])
+    for topic in (t for t in DIALOGUE_TOPICS if t not in bench_dialogue):
+        for template in DIALOGUE_TEMPLATES:
+            add("dialogue", template.format(topic=topic))
+    for prompt in math_prompts(rng, 400):
+        if len([r for r in rows if r["task"] == "math"]) < 300:
+            add("math", prompt)
+    for task in ("continuation", "dialogue"):
+        for prompt in train[task]:
+            add(task, prompt, sample=True)
+    rng.shuffle(rows)
+    return [{"id": f"extra-{r['task']}-{i:04d}"} | r for i, r in enumerate(rows)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
@@ -192,7 +235,9 @@ def main() -> None:
         write_jsonl(HERE / f"bench_{task}.jsonl", rows)
         mix += rows
     write_jsonl(HERE / "bench_mix.jsonl", mix)
-    print(f"train: {len(train_rows)} prompts " + str({t: len(p) for t, p in train.items()}) + f"; bench: {len(mix)}")
+    extra = build_extra(train, bench)
+    write_jsonl(HERE / "train_extra.jsonl", extra)
+    print(f"train: {len(train_rows)} prompts " + str({t: len(p) for t, p in train.items()}) + f"; extra: {len(extra)}; bench: {len(mix)}")
 
 
 if __name__ == "__main__":
