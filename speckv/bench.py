@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", default=str(DATA / "bench_mix.jsonl"))
     parser.add_argument("--per-task", type=int, default=6, help="prompts per task type")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", default="3",
+                        help="interleaved repeats: one number, or one per --batch-sizes entry (a large batch finishes "
+                             "in seconds, where one hiccup is several per cent: give it more)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of engine methods")
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate / assisted generation")
     parser.add_argument("--batch-sizes", default="1", help="comma list; HF rows only at batch size 1")
@@ -126,7 +128,13 @@ def run(args: argparse.Namespace) -> int:
     from speckv.models import load_causal_lm, load_tokenizer
 
     if args.quick:
-        args.per_task, args.max_new_tokens, args.repeats = 1, 12, 1
+        args.per_task, args.max_new_tokens, args.repeats = 1, 12, "1"
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    repeats = [int(r) for r in args.repeats.split(",")]
+    if len(repeats) == 1:
+        repeats *= len(batch_sizes)
+    if len(repeats) != len(batch_sizes) or min(repeats) < 1:
+        raise SystemExit(f"--repeats: give one number or one per batch size ({len(batch_sizes)}), each >= 1")
     requests = pick_requests(args.prompts, args.per_task, args.max_new_tokens)
     methods = args.methods.split(",")
     tokenizer = load_tokenizer(args.target)
@@ -143,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             # the independent draft LM, shared by HF's assisted generation and this engine's "@lm" methods
             assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir()), "quantization": "none"}))
             drafters["lm"] = DraftLM(assistant, device, target.config.vocab_size)
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
+        for batch, batch_repeats in zip(batch_sizes, repeats):
             engines = {m: SpecEngine(EngineConfig(target=spec, policy=policy_spec(m.split("@")[0]),
                                                   draft=DraftSpec(kind=m.split("@")[1] if "@" in m else "eagle"),
                                                   max_batch_size=batch),
@@ -156,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
                 runners["hf_assisted"] = lambda: hf_run(target, tokenizer, requests, assistant)
             runs: dict[str, list[dict]] = defaultdict(list)
             names = list(runners)
-            bar = tqdm(total=args.repeats * len(names), desc=f"bench {level} batch {batch}", unit="run")
-            for rep in range(args.repeats):
+            bar = tqdm(total=batch_repeats * len(names), desc=f"bench {level} batch {batch}", unit="run")
+            for rep in range(batch_repeats):
                 for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate: none always first
                     runs[name].append(runners[name]())
                     bar.update(1)
@@ -227,7 +235,8 @@ def write_outputs(table: list[dict], args, n_prompts: int) -> None:
 
     where = "CUDA" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     lines = [f"`speckv bench {' '.join(_argv())}` — {n_prompts} prompts ({args.per_task} per task), "
-             f"{args.max_new_tokens} new tokens, greedy, median of {args.repeats} interleaved repeats, "
+             f"{args.max_new_tokens} new tokens, greedy, median of interleaved repeats ({args.repeats} by batch size "
+             f"{args.batch_sizes}), "
              f"{time.strftime('%Y-%m-%d')}, {where}", "",
              "| " + " | ".join(cols + tasks) + " |", "|" + "---|" * (len(cols) + len(tasks))]
     for r in table:
