@@ -125,7 +125,6 @@ class _FoldedMLP:
         h = np.maximum(h, 0.0, out=h) @ self.w2
         return np.maximum(h, 0.0, out=h) @ self.w3
 
-
     def step_base_one(self, accept_rate_ema: float, context_len: float, compression: str) -> list[float]:
         """One row's first-layer pre-activation without the draft signals and the position, as a list."""
         history = (accept_rate_ema, math.log1p(context_len))
