@@ -208,8 +208,9 @@ def build_extra(train: dict[str, list[str]], bench: dict[str, list[str]]) -> lis
     for topic in (t for t in DIALOGUE_TOPICS if t not in bench_dialogue):
         for template in DIALOGUE_TEMPLATES:
             add("dialogue", template.format(topic=topic))
+    maths = len(rows)
     for prompt in math_prompts(rng, 400):
-        if len([r for r in rows if r["task"] == "math"]) < 300:
+        if len(rows) - maths < 300:
             add("math", prompt)
     for task in ("continuation", "dialogue"):
         for prompt in train[task]:

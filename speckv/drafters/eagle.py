@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
+from speckv.drafters.draft_lm import pad_right
 from speckv.kvcache import CACHE_KWARG, RaggedCache
 from speckv.models import ASSETS
 
@@ -129,16 +130,13 @@ class EagleDrafter:
             raise ValueError("EagleDrafter needs the target's hidden states (needs_target_hidden=True)")
         assert len(prompt_ids) == len(hidden) == first_tokens.shape[0]
         self._reset(len(prompt_ids))
-        width = max(len(ids) for ids in prompt_ids)
-        toks = torch.zeros(len(prompt_ids), width, dtype=torch.long, device=self.device)
-        feats = torch.zeros(len(prompt_ids), width, hidden[0].shape[-1], dtype=self.dtype, device=self.device)
-        valid = torch.zeros(len(prompt_ids), width, dtype=torch.bool, device=self.device)
-        for b, (ids, feat, first) in enumerate(zip(prompt_ids, hidden, first_tokens.tolist())):
+        # pair feature f_t with token x_{t+1}: the prompt shifted by one, then the target's first token
+        toks, valid = pad_right([list(ids[1:]) + [first] for ids, first in zip(prompt_ids, first_tokens.tolist())],
+                                self.device)
+        feats = torch.zeros(*toks.shape, hidden[0].shape[-1], dtype=self.dtype, device=self.device)
+        for b, (ids, feat) in enumerate(zip(prompt_ids, hidden)):
             assert feat.shape[0] == len(ids), "one feature per prompt position"
-            # pair feature f_t with token x_{t+1}: the prompt shifted by one, then the target's first token
-            toks[b, : len(ids)] = torch.tensor(list(ids[1:]) + [first], dtype=torch.long)
             feats[b, : len(ids)] = feat
-            valid[b, : len(ids)] = True
         self.queue = [(toks, feats, valid)]
 
     @torch.no_grad()

@@ -382,20 +382,21 @@ class LearnedPolicy:
     def acceptance(self, pos: int, top1: np.ndarray, entropy: np.ndarray) -> np.ndarray:
         """[B] P(accept the token drafted at ``pos`` | its prefix accepted), in the step :meth:`budget` set up."""
         if len(top1) == 1:
-            a = top1[0] if self.fast is None else self.fast.prob_one(self._base_one, pos, top1[0], entropy[0],
-                                                                      self._prefix_min)
-            return np.array([a])
+            return np.array([self._acceptance_one(pos, float(top1[0]), float(entropy[0]))])
         signals = self._signals
         signals[:, 0], signals[:, 1] = top1, entropy
         if self.fast is None:
             return signals[:, 0].copy()
         return 1.0 / (1.0 + np.exp(-self.fast.logit(self._table[min(pos, len(self._table) - 1)], signals)))
 
+    def _acceptance_one(self, pos: int, top1: float, entropy: float) -> float:
+        return top1 if self.fast is None else self.fast.prob_one(self._base_one, pos, top1, entropy, self._prefix_min)
+
     def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor):
         costs = self._costs if ctx.costs is not None else None
         if ctx.batch_size == 1:  # Python floats throughout (see _FoldedMLP)
-            t1, ent = top1.item(), entropy.item()
-            a = t1 if self.fast is None else self.fast.prob_one(self._base_one, pos, t1, ent, self._prefix_min)
+            t1 = top1.item()
+            a = self._acceptance_one(pos, t1, entropy.item())
             keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, self._live, pos, costs)
             self._prefix_min, self._live = min(self._prefix_min, t1), more
             return _ONE[keep], _ONE[more]
