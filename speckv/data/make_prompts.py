@@ -9,7 +9,8 @@ prompt: acceptance measured on ``bench_*.jsonl`` is held out.
 ``train_extra.jsonl`` widens the distillation data on the training topics only: the template × language
 combinations ``train_prompts.jsonl`` left out, more arithmetic, and the continuation and dialogue prompts once
 more with ``"sample": true`` (a second, sampled answer to the same prompt). Drawn from its own random stream,
-so the other files do not change.
+so the other files do not change. ``train_resample.jsonl`` asks once more, sampled, for every code, continuation
+and dialogue prompt of both files (maths is the task the head already drafts best).
 """
 
 from __future__ import annotations
@@ -219,6 +220,16 @@ def build_extra(train: dict[str, list[str]], bench: dict[str, list[str]]) -> lis
     return [{"id": f"extra-{r['task']}-{i:04d}"} | r for i, r in enumerate(rows)]
 
 
+def build_resample(rows: list[dict]) -> list[dict]:
+    """One more sampled answer to every non-maths training prompt: more of the target's distribution on the tasks
+    the head drafts worst, where held-out acceptance is limited by data (a head memorises its training answers)."""
+    rng = random.Random(SEED + 2)
+    out = [{"prompt": r["prompt"], "task": r["task"], "sample": True} for r in rows if r["task"] != "math"]
+    out = list({r["prompt"]: r for r in out}.values())  # one more answer per prompt, however often it was asked
+    rng.shuffle(out)
+    return [{"id": f"resample-{r['task']}-{i:04d}"} | r for i, r in enumerate(out)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
@@ -238,7 +249,10 @@ def main() -> None:
     write_jsonl(HERE / "bench_mix.jsonl", mix)
     extra = build_extra(train, bench)
     write_jsonl(HERE / "train_extra.jsonl", extra)
-    print(f"train: {len(train_rows)} prompts " + str({t: len(p) for t, p in train.items()}) + f"; extra: {len(extra)}; bench: {len(mix)}")
+    resample = build_resample(train_rows + extra)
+    write_jsonl(HERE / "train_resample.jsonl", resample)
+    print(f"train: {len(train_rows)} prompts " + str({t: len(p) for t, p in train.items()})
+          + f"; extra: {len(extra)}; resample: {len(resample)}; bench: {len(mix)}")
 
 
 if __name__ == "__main__":
