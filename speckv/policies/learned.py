@@ -236,7 +236,7 @@ class LearnedPolicy:
     #: plain decoding is the safe side, and the wider the batch the more a drafted step's cost is an estimate (wide
     #: verify shapes are extrapolated, a drafter catching up after plain steps inflates one step's draft time).
     #: Measured, bf16: a flat 0.2 in batches kept batch 4 plain (0.97× fixed γ=4); a flat 0.05 gave 1.04–1.13× at
-    #: batch 4 but drafted at batch 16, where it lost 5 % to plain decoding
+    #: batch 4 but drafted at batch 16, where it lost 5–6 % to plain decoding
     MARGIN = 0.05
     #: the step cost list is rebuilt from the running measurements every this many steps (and when a new batch size
     #: or a new (batch, tokens) cell is measured); the measurements move slowly, a rebuild is dozens of Python calls
@@ -272,7 +272,7 @@ class LearnedPolicy:
         run yet, the first step is plain, so that T is measured, not assumed. The plain path is a few Python
         operations: it runs on every step of a batch that does not speculate."""
         n, gamma = ctx.batch_size, min(self.gamma_max, ctx.gamma_max)
-        self._drafting = False
+        self._drafting, self._margin = False, self.MARGIN * n ** 0.5  # the margin holds for this step's decisions too
         if ctx.costs is None:
             return self._start(ctx, 1.0 if n == 1 else np.ones(n), gamma)
         self._correct_costs(ctx)
@@ -282,7 +282,7 @@ class LearnedPolicy:
         if self._costs_batch != n or self._costs_age >= self.COST_REFRESH:
             self._costs, self._costs_batch, self._costs_age = self._step_costs(ctx.costs, n), n, 0
         plain, column = self._costs[0][1], self._costs[0][0] + self._costs[1][1] - self._costs[0][1]
-        needed = (1 + self.MARGIN * n ** 0.5) * (plain + column) / plain - 1
+        needed = (1 + self._margin) * (plain + column) / plain - 1
         if needed >= 1:  # not even a first token accepted every time would pay: plain decoding, no probes
             return self._budget(n, 0)
         if n == 1:
@@ -405,7 +405,7 @@ class LearnedPolicy:
         signals = self._signals
         a = self.acceptance(pos, top1.numpy(), entropy.numpy())
         keep, more, self._p_all, self._expected = decide(a, self._p_all, self._expected, self._live, pos, costs,
-                                                         weight=self._weight, margin=self.MARGIN * len(top1) ** 0.5)
+                                                         weight=self._weight, margin=self._margin)
         np.minimum(signals[:, 2], signals[:, 0], out=signals[:, 2])
         self._live = more
         return torch.from_numpy(keep), torch.from_numpy(more)
