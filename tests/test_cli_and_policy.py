@@ -236,3 +236,36 @@ def test_row_weights_favour_the_rows_the_batch_waits_for():
                       costs=None, gamma_max=4)
     # after 10 steps: 3, 1 and 2 tokens per step so far; steps left: 10/3, 30/1, 20/2 → relative to the longest
     np.testing.assert_allclose(LearnedPolicy.row_weights(ctx, 10), [10 / 3 / 30, 1.0, 1 / 3])
+
+
+def test_learned_stops_drafting_where_drafted_steps_measure_slower_than_plain_ones():
+    b = 4
+    costs = CostModel([1, 4], [1, 2, 5], [[40, 42, 50], [50, 52, 60]], [3, 4])  # on paper drafting pays well
+    policy = LearnedPolicy(None, 4)
+    ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
+                      max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
+                      last_num_accepted=torch.zeros(b), accept_rate_ema=torch.full((b,), 0.5),
+                      compression="bf16", costs=costs, gamma_max=4)
+    policy.init_state(ctx)
+
+    def step(accepted: int, drafted_ms: float, plain_ms: float = 50.0, estimate: float = 0.9) -> int:
+        """One engine step: a plain one takes ``plain_ms``; a drafted one ``drafted_ms``, each row accepting
+        ``accepted``; the policy's first-token acceptance estimate is set to ``estimate``. Returns the step's γ."""
+        ctx.state["first_accept_ema"][:] = estimate
+        gamma = int(policy.budget(ctx).max())
+        wall_ms = drafted_ms if gamma else plain_ms
+        policy.observe(ctx, torch.full((b,), gamma), torch.full((b,), min(accepted, gamma)))
+        ctx.last_step = {"batch": b, "tokens": 1 + gamma, "forwards": gamma, "draft_ms": 4.0 * gamma,
+                         "verify_ms": wall_ms - 4.0 * gamma, "wall_ms": wall_ms}
+        return gamma
+
+    # plain steps while acceptance looks too low to pay (the first step at a new batch size is plain anyway):
+    # 1 token per row in 50 ms
+    assert [step(0, 0.0, estimate=0.05) for _ in range(LearnedPolicy.GUARD_STEPS)] == [0] * LearnedPolicy.GUARD_STEPS
+    # drafted steps that deliver 1 token per row in 70 ms: slower than plain, whatever was expected of them
+    gammas = [step(0, 70.0) for _ in range(LearnedPolicy.GUARD_STEPS + 2)]
+    assert gammas[0] > 0 and gammas[-1] == 0
+    # plain from then on, except the periodic one-token probes, which deliver 2 tokens per row in 55 ms
+    # (2/55 > 1/50): after enough of them, drafting comes back
+    gammas = [step(1, 55.0) for _ in range(200)]
+    assert gammas[:4] == [0, 0, 0, 0] and gammas[-1] > 1

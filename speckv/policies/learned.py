@@ -12,7 +12,9 @@ compression) — and the stopping rule does the arithmetic with measured costs:
 
 In a batch the sums run over its rows, because the widest row sets the step's time (see :func:`decide`), and the
 whole batch falls back to plain decoding when a drafted column cannot pay for itself (:meth:`LearnedPolicy.budget`).
-The costs are calibrated once and corrected online from every step the engine measures.
+The costs are calibrated once and corrected online from every step the engine measures; and a batch size whose
+drafting steps are measured to deliver fewer tokens per ms than its plain steps goes back to plain decoding, whatever
+the estimates say (:meth:`LearnedPolicy._measured_pays`).
 
 Without weights (``--policy learned`` before ``speckv train-policy`` has produced any) the acceptance estimate
 falls back to the draft's own top-1 probability; the cost-aware rule is the same.
@@ -202,6 +204,10 @@ class LearnedPolicy:
         self._draft_scale, self._verify_scale, self._overhead_per_row = 1.0, 1.0, 0.0
         self._costs, self._costs_batch, self._costs_age = [], 0, 0  # the step cost list in use, and for which batch
         self._gammas: dict[tuple[int, int], torch.Tensor] = {}  # budgets handed out, by (batch, γ): made once
+        # what steps delivered, measured: tokens per row per ms by (batch, drafted?), and how many steps were counted
+        self._rate: dict[tuple[int, bool], float] = {}
+        self._rate_steps: dict[tuple[int, bool], int] = {}
+        self._pending: tuple[int, bool, float] | None = None  # the last step's (batch, drafted?, tokens per row)
 
     @classmethod
     def load(cls, path: str | Path | None, gamma_max: int) -> LearnedPolicy:
@@ -241,6 +247,12 @@ class LearnedPolicy:
     #: the step cost list is rebuilt from the running measurements every this many steps (and when a new batch size
     #: or a new (batch, tokens) cell is measured); the measurements move slowly, a rebuild is dozens of Python calls
     COST_REFRESH = 8
+    #: drafting must pay in what the engine measures, not only in expectation: once a batch size has run this many
+    #: drafting steps and this many plain ones, it drafts only while the drafting steps deliver at least the tokens
+    #: per row per ms of the plain ones (estimates of acceptance, draft and verify time can all be off together; this
+    #: check is not an estimate). Where drafting clearly pays, plain steps are rare and the check stays out of the way;
+    #: it acts where the estimates sit near the line and the policy switches between the two
+    GUARD_STEPS = 4
 
     def init_state(self, ctx: StepContext) -> None:
         ctx.state["first_accept_ema"] = torch.full((ctx.batch_size,), 0.5)
@@ -248,6 +260,7 @@ class LearnedPolicy:
         # one row is left, its first-token acceptance lives in a float (batches only shrink)
         self._steps, self._plain_steps, self._probe_every, self._drafting = 0, 0, self.PROBE_EVERY, False
         self._first_accept_one: float | None = None
+        self._pending = None
 
     @staticmethod
     def row_weights(ctx: StepContext, steps: int) -> np.ndarray:
@@ -290,7 +303,7 @@ class LearnedPolicy:
         else:
             weight = self.row_weights(ctx, self._steps)
             rows, gain = weight.sum(), float(ctx.state["first_accept_ema"].numpy() @ weight)
-        if gain > needed * rows:
+        if gain > needed * rows and self._measured_pays(n):
             self._plain_steps, self._probe_every = 0, self.PROBE_EVERY
             # a drafted column this batch size has not run yet is a guess: try one before trusting it with more
             return self._start(ctx, weight, gamma if (n, 2) in self._verify_ms else 1)
@@ -299,6 +312,12 @@ class LearnedPolicy:
             self._plain_steps, self._probe_every = 0, min(2 * self._probe_every, self.PROBE_MAX)
             return self._start(ctx, weight, 1)
         return self._budget(n, 0)
+
+    def _measured_pays(self, n: int) -> bool:
+        """False once drafting steps at batch ``n`` have delivered fewer tokens per row per ms than its plain steps."""
+        if min(self._rate_steps.get((n, True), 0), self._rate_steps.get((n, False), 0)) < self.GUARD_STEPS:
+            return True
+        return self._rate[(n, True)] >= self._rate[(n, False)]
 
     def _budget(self, n: int, gamma: int) -> torch.Tensor:
         key = (n, gamma)
@@ -311,6 +330,7 @@ class LearnedPolicy:
         signals' buffer and the MLP's per-step table."""
         n = ctx.batch_size
         self._drafting, self._weight = True, weight
+        self._weight_sum = weight if n == 1 else float(weight.sum())  # here: observe() runs right after a forward
         if n == 1:
             self._p_all, self._expected, self._live, self._prefix_min = 1.0, 1.0, True, 1.0
             if self.fast is not None:
@@ -365,6 +385,11 @@ class LearnedPolicy:
         if "wall_ms" not in step:
             return
         n, tokens = step["batch"], step["tokens"]
+        if self._pending is not None and self._pending[0] == n:  # what the step delivered, per row per ms
+            key, delivered = self._pending[:2], self._pending[2] / step["wall_ms"]
+            self._rate[key] = delivered if key not in self._rate else (1 - w) * self._rate[key] + w * delivered
+            self._rate_steps[key] = self._rate_steps.get(key, 0) + 1
+        self._pending = None
         calibrated = self._calibrated_at(ctx.costs, n)
 
         def ema(old: float | None, new: float) -> float:
@@ -412,16 +437,21 @@ class LearnedPolicy:
 
     def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
         self._steps += 1
-        if not self._drafting:  # a plain step: nothing drafted, nothing to learn about acceptance
+        n = ctx.batch_size
+        if not self._drafting:  # a plain step: a token per row, nothing drafted, nothing to learn about acceptance
+            self._pending = (n, False, 1.0)
             return
-        if ctx.batch_size == 1:
+        if n == 1:
+            self._pending = (1, True, 1.0 + num_accepted.item())
             if num_draft.item():
                 accepted = num_accepted.item() > 0
                 self._first_accept_one = (1 - self.EMA) * self._first_accept(ctx) + self.EMA * accepted
             return
+        accepted = num_accepted.numpy()
+        self._pending = (n, True, 1.0 + float(accepted @ self._weight) / self._weight_sum)  # weighted mean
         drafted = num_draft.numpy() > 0
         ema = ctx.state["first_accept_ema"].numpy()  # updated in place (numpy: a few µs, not torch's dozens)
-        ema[drafted] = (1 - self.EMA) * ema[drafted] + self.EMA * (num_accepted.numpy()[drafted] > 0)
+        ema[drafted] = (1 - self.EMA) * ema[drafted] + self.EMA * (accepted[drafted] > 0)
 
 
 #: a batch of one's decisions, made once: keep_drafting returns these rather than building tensors every call
