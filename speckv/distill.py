@@ -274,8 +274,25 @@ def draft_lm_config(target_config, num_layers: int):
     return config
 
 
-def build_draft_lm(target, frozen: list[int], trained: list[int]):
-    """LlamaForCausalLM: target layers ``frozen`` (copied, not trained) then ``trained`` (initialised from them)."""
+class LowRankDelta(torch.nn.Module):
+    """A trained low-rank update of a frozen weight, W = W0 + B·A, as a parametrization (W0 stays as it is).
+
+    B starts at zero, so training starts from the target's own layer; only A and B are shipped."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int) -> None:
+        super().__init__()
+        self.A = torch.nn.Parameter(torch.randn(rank, in_features) / in_features**0.5)
+        self.B = torch.nn.Parameter(torch.zeros(out_features, rank))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.B @ self.A
+
+
+def build_draft_lm(target, frozen: list[int], trained: list[int], lora_rank: int = 0):
+    """LlamaForCausalLM: target layers ``frozen`` (copied, not trained) then ``trained`` (initialised from them);
+    with ``lora_rank`` > 0 a trained layer keeps the target's weights frozen and learns a rank-``lora_rank`` update
+    of each of its linear maps (and its norms in full), so that many layers can be trained and still shipped small."""
+    from torch.nn.utils import parametrize
     from transformers import AutoModelForCausalLM
 
     config = draft_lm_config(target.config, len(frozen) + len(trained))
@@ -288,14 +305,37 @@ def build_draft_lm(target, frozen: list[int], trained: list[int]):
     draft.lm_head.weight = draft.model.embed_tokens.weight
     draft.requires_grad_(False)
     for k in range(len(frozen), len(frozen) + len(trained)):
-        draft.model.layers[k].requires_grad_(True)
+        layer = draft.model.layers[k]
+        if not lora_rank:
+            layer.requires_grad_(True)
+            continue
+        for module in list(layer.modules()):
+            if isinstance(module, torch.nn.Linear):
+                delta = LowRankDelta(module.out_features, module.in_features, lora_rank)
+                parametrize.register_parametrization(module, "weight", delta)
+            elif "norm" in type(module).__name__.lower():
+                module.requires_grad_(True)
     draft.model.norm.requires_grad_(True)
     return draft
 
 
 def trained_state(draft, num_frozen: int) -> dict[str, torch.Tensor]:
-    prefixes = [f"model.layers.{k}." for k in range(num_frozen, draft.config.num_hidden_layers)] + ["model.norm."]
-    return {k: v for k, v in draft.state_dict().items() if any(k.startswith(p) for p in prefixes)}
+    """What ships: the trained layers in full, or, for low-rank ones, their norms and each linear map's ``lora_A`` /
+    ``lora_B``; and the final norm."""
+    state = {"model.norm.weight": draft.model.norm.weight.detach()}
+    for k in range(num_frozen, draft.config.num_hidden_layers):
+        layer = draft.model.layers[k]
+        low_rank = {name: m for name, m in layer.named_modules() if hasattr(m, "parametrizations")}
+        if not low_rank:
+            state.update({f"model.layers.{k}.{n}": v for n, v in layer.state_dict().items()})
+            continue
+        for name, module in low_rank.items():
+            delta = module.parametrizations.weight[0]
+            state[f"model.layers.{k}.{name}.lora_A"] = delta.A.detach()
+            state[f"model.layers.{k}.{name}.lora_B"] = delta.B.detach()
+        state.update({f"model.layers.{k}.{n}": v for n, v in layer.state_dict().items()
+                      if "norm" in n and "parametrizations" not in n})
+    return state
 
 
 def lm_loss(draft, target, toks, feats, prompt, lens):
@@ -315,7 +355,7 @@ def draft_lm_dir(asset: Path = DRAFT_LM_ASSET, target_source: str = EMBEDDED) ->
         raise FileNotFoundError(f"no draft LM in {asset}: run `speckv distill --kind lm --output {asset}`")
     recipe = json.loads(recipe_path.read_text())
     # the weights and the layer plan name the checkpoint; measurement metadata in the recipe does not
-    plan = json.dumps([target_source, recipe["frozen"], recipe["trained"]]).encode()
+    plan = json.dumps([target_source, recipe["frozen"], recipe["trained"], recipe.get("lora_rank", 0)]).encode()
     digest = hashlib.sha256(plan + trained_path.read_bytes()).hexdigest()[:16]
     out = cache_dir() / "draft_lm" / digest
     if (out / "config.json").is_file():
@@ -329,11 +369,17 @@ def draft_lm_dir(asset: Path = DRAFT_LM_ASSET, target_source: str = EMBEDDED) ->
         target_state = load_file(source / "model.safetensors")
         config = draft_lm_config(AutoConfig.from_pretrained(source), len(recipe["frozen"]) + len(recipe["trained"]))
         state = {"model.embed_tokens.weight": target_state["model.embed_tokens.weight"]}
-        for k, src in enumerate(recipe["frozen"]):
+        # frozen layers, and the base of low-rank trained ones, come from the target; full trained layers from the file
+        base = recipe["frozen"] + (recipe["trained"] if recipe.get("lora_rank") else [])
+        for k, src in enumerate(base):
             prefix = f"model.layers.{src}."
-            state.update({f"model.layers.{k}.{n[len(prefix):]}": v for n, v in target_state.items()
+            state.update({f"model.layers.{k}.{n[len(prefix):]}": v.float() for n, v in target_state.items()
                           if n.startswith(prefix)})
-        state.update({k: v.float() for k, v in load_file(trained_path).items()})
+        shipped = {k: v.float() for k, v in load_file(trained_path).items()}
+        for name in [n for n in shipped if n.endswith(".lora_A")]:  # merge W = W0 + B·A: an ordinary checkpoint
+            module = name[: -len(".lora_A")]
+            state[f"{module}.weight"] = state[f"{module}.weight"] + shipped.pop(f"{module}.lora_B") @ shipped.pop(name)
+        state.update(shipped)
         draft = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         missing, unexpected = draft.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:
@@ -531,6 +577,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="eagle: head over the first N token ids at inference (0: full vocabulary)")
     parser.add_argument("--frozen-layers", type=str, default="0,1", help="lm: target layers copied and frozen")
     parser.add_argument("--trained-layers", type=str, default="28,29", help="lm: target layers to start from, trained")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="lm: train each trained layer as a rank-R update of the target's (0: in full)")
     parser.add_argument("--init", type=Path, default=None,
                         help="eagle: continue training the head saved in this dir (default: start from the target's "
                              "last layer)")
@@ -618,7 +666,7 @@ def run(args: argparse.Namespace) -> int:
         model = init_eagle_head(target)
     else:
         frozen, trained = parse_layers(args.frozen_layers), parse_layers(args.trained_layers)
-        model = build_draft_lm(target, frozen, trained)
+        model = build_draft_lm(target, frozen, trained, args.lora_rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     warmup = max(steps // 20, 1)
@@ -684,7 +732,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         state = trained_state(model, len(frozen))
         save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, output / TRAINED_FILE)
-        recipe = {"target": EMBEDDED, "frozen": frozen, "trained": trained, **metadata}
+        recipe = {"target": EMBEDDED, "frozen": frozen, "trained": trained, "lora_rank": args.lora_rank, **metadata}
         (output / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
     results = evaluate(args.kind, output, target, device, bench, args)
     print(json.dumps({"steps": done_steps, "train_wall_s": round(train_s, 1), **results}, indent=2))
