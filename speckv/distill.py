@@ -6,9 +6,10 @@ Two kinds:
            KL(target ‖ head) on the next-token distribution + smooth-L1 between predicted and real feature,
            at draft depth 1..``--ttt-depth`` (depth > 1 feeds the head's own predictions, as at inference:
            "training-time test", the drafted slot attends to the real prefix and to its own chain only).
-``lm``     an independent small ``LlamaForCausalLM`` with the target's tokenizer: some target layers copied
-           and frozen, some initialised from target layers and trained, the target's (tied) embedding / LM
-           head frozen. Loss: KL(target ‖ draft). Only the trained tensors are shipped; :func:`draft_lm_dir`
+``lm``     an independent small ``LlamaForCausalLM`` with the target's tokenizer: a subset of the target's layers,
+           some copied and frozen, some trained — in full, or (``--lora-rank``) as low-rank updates of the
+           target's own weights —, the target's (tied) embedding / LM head frozen. Loss: KL(target ‖ draft).
+           Only the trained tensors (or the updates' factors) are shipped; :func:`draft_lm_dir`
            assembles a full Hugging Face checkpoint (usable by ``model.generate(assistant_model=...)``) in the
            cache directory on first use, as the GGUF conversion in :mod:`speckv.models` does.
 
@@ -566,18 +567,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-fraction", type=float, default=0.5, help="share of prompts answered by sampling")
     parser.add_argument("--temperature", type=float, default=0.7, help="temperature of the sampled answers")
     parser.add_argument("--gen-batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: eagle 700, lm 600)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: eagle 700, lm 1100)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-len", type=int, default=256, help="tokens per training sequence (tail kept)")
-    parser.add_argument("--lr", type=float, default=None, help="AdamW peak lr (default: eagle 5e-4, lm 2e-4)")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW peak lr (default: eagle 5e-4, lm 1e-3)")
     parser.add_argument("--ttt-depth", type=int, default=2, help="eagle: draft depths trained per position")
     parser.add_argument("--feat-weight", type=float, default=0.5, help="eagle: weight of the smooth-L1 feature loss")
     parser.add_argument("--draft-vocab", type=int, default=16384,
                         help="eagle: head over the first N token ids at inference (0: full vocabulary)")
-    parser.add_argument("--frozen-layers", type=str, default="0,1", help="lm: target layers copied and frozen")
-    parser.add_argument("--trained-layers", type=str, default="28,29", help="lm: target layers to start from, trained")
-    parser.add_argument("--lora-rank", type=int, default=0,
+    parser.add_argument("--frozen-layers", type=str, default="", help="lm: target layers copied and frozen")
+    parser.add_argument("--trained-layers", type=str, default="0,1,2,3,4,5,24,25,26,27,28,29",
+                        help="lm: target layers to start from, trained")
+    parser.add_argument("--lora-rank", type=int, default=64,
                         help="lm: train each trained layer as a rank-R update of the target's (0: in full)")
     parser.add_argument("--init", type=Path, default=None,
                         help="eagle: continue training the head saved in this dir (default: start from the target's "
@@ -637,8 +639,8 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     started = time.time()
     output = args.output or (EAGLE_ASSET if args.kind == "eagle" else DRAFT_LM_ASSET)
-    steps = args.steps or (700 if args.kind == "eagle" else 600)
-    lr = args.lr or (5e-4 if args.kind == "eagle" else 2e-4)
+    steps = args.steps or (700 if args.kind == "eagle" else 1100)
+    lr = args.lr or (5e-4 if args.kind == "eagle" else 1e-3)
 
     target, device = load_causal_lm(ModelSpec(dtype=args.target_dtype, device="cpu"))
     tokenizer = load_tokenizer(EMBEDDED)
