@@ -320,23 +320,11 @@ def build_draft_lm(target, frozen: list[int], trained: list[int], lora_rank: int
     return draft
 
 
-def trained_state(draft, num_frozen: int) -> dict[str, torch.Tensor]:
-    """What ships: the trained layers in full, or, for low-rank ones, their norms and each linear map's ``lora_A`` /
-    ``lora_B``; and the final norm."""
-    state = {"model.norm.weight": draft.model.norm.weight.detach()}
-    for k in range(num_frozen, draft.config.num_hidden_layers):
-        layer = draft.model.layers[k]
-        low_rank = {name: m for name, m in layer.named_modules() if hasattr(m, "parametrizations")}
-        if not low_rank:
-            state.update({f"model.layers.{k}.{n}": v for n, v in layer.state_dict().items()})
-            continue
-        for name, module in low_rank.items():
-            delta = module.parametrizations.weight[0]
-            state[f"model.layers.{k}.{name}.lora_A"] = delta.A.detach()
-            state[f"model.layers.{k}.{name}.lora_B"] = delta.B.detach()
-        state.update({f"model.layers.{k}.{n}": v for n, v in layer.state_dict().items()
-                      if "norm" in n and "parametrizations" not in n})
-    return state
+def trained_state(draft) -> dict[str, torch.Tensor]:
+    """What ships: every tensor :func:`build_draft_lm` left trainable, a low-rank update as its factors
+    ``<module>.lora_A`` / ``<module>.lora_B``."""
+    return {name.replace(".parametrizations.weight.0.", ".lora_"): p.detach()
+            for name, p in draft.named_parameters() if p.requires_grad}
 
 
 def lm_loss(draft, target, toks, feats, prompt, lens):
@@ -732,7 +720,7 @@ def run(args: argparse.Namespace) -> int:
         metadata["draft_vocab"] = args.draft_vocab or None
         EagleDrafter.save(model, output, metadata)
     else:
-        state = trained_state(model, len(frozen))
+        state = trained_state(model)
         save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, output / TRAINED_FILE)
         recipe = {"target": EMBEDDED, "frozen": frozen, "trained": trained, "lora_rank": args.lora_rank, **metadata}
         (output / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")

@@ -29,7 +29,7 @@ def test_a_low_rank_draft_lm_ships_its_deltas_and_assembles_to_the_trained_model
             if p.requires_grad and "norm" in name:
                 p.mul_(1.25)
 
-    state = trained_state(draft, num_frozen=1)
+    state = trained_state(draft)
     # the trained layer ships as norms and rank-4 factors: no full weight matrix of its linear maps
     assert not any(k.endswith("proj.weight") for k in state)
     assert state["model.layers.1.self_attn.q_proj.lora_A"].shape == (4, target.config.hidden_size)

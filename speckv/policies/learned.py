@@ -330,7 +330,6 @@ class LearnedPolicy:
         signals' buffer and the MLP's per-step table."""
         n = ctx.batch_size
         self._drafting, self._weight = True, weight
-        self._weight_sum = weight if n == 1 else float(weight.sum())  # here: observe() runs right after a forward
         if n == 1:
             self._p_all, self._expected, self._live, self._prefix_min = 1.0, 1.0, True, 1.0
             if self.fast is not None:
@@ -338,6 +337,7 @@ class LearnedPolicy:
                                                          ctx.compression)
         else:
             self._p_all, self._expected, self._live = np.ones(n), np.ones(n), np.ones(n, bool)
+            self._weight_sum = float(weight.sum())  # summed here: observe() runs right after a forward
             self._signals = np.ones((n, 3))  # top-1, entropy, prefix minimum of top-1 (1 before the first position)
             if self.fast is not None:
                 self._table = self.fast.step_table(ctx.accept_rate_ema.numpy(), ctx.context_len.numpy(),
@@ -385,15 +385,16 @@ class LearnedPolicy:
         if "wall_ms" not in step:
             return
         n, tokens = step["batch"], step["tokens"]
-        if self._pending is not None and self._pending[0] == n:  # what the step delivered, per row per ms
-            key, delivered = self._pending[:2], self._pending[2] / step["wall_ms"]
-            self._rate[key] = delivered if key not in self._rate else (1 - w) * self._rate[key] + w * delivered
-            self._rate_steps[key] = self._rate_steps.get(key, 0) + 1
-        self._pending = None
         calibrated = self._calibrated_at(ctx.costs, n)
 
         def ema(old: float | None, new: float) -> float:
             return new if old is None else (1 - w) * old + w * new
+
+        if self._pending is not None and self._pending[0] == n:  # what the step delivered, per row per ms
+            key = self._pending[:2]
+            self._rate[key] = ema(self._rate.get(key), self._pending[2] / step["wall_ms"])
+            self._rate_steps[key] = self._rate_steps.get(key, 0) + 1
+        self._pending = None
 
         if (n, tokens) not in self._verify_ms:
             self._costs_age = self.COST_REFRESH  # a newly measured cell: rebuild the cost list now
