@@ -52,6 +52,8 @@ class DraftSpec(_Strict):
     kind: Literal["lm", "eagle"] = Field("eagle", description="drafter kind")
     source: str = Field(EMBEDDED, description="draft weights: hub id, local dir, GGUF, or 'embedded'")
     dtype: Dtype | None = Field(None, description="defaults to the target's dtype")
+    int8_weights: bool = Field(True, description="on CPU, the EAGLE head reads int8 weights (its layer and its LM-head "
+                               "slice, per-row scales): half the bytes per drafted token; verification is unchanged")
 
 
 class PolicySpec(_Strict):

@@ -27,8 +27,8 @@ def head(target) -> EagleHead:
     return EagleHead(head_config(target.config)).eval()
 
 
-def make(head, target, draft_vocab=None) -> EagleDrafter:
-    return EagleDrafter(head, target, torch.device("cpu"), draft_vocab=draft_vocab)
+def make(head, target, draft_vocab=None, int8_weights=False) -> EagleDrafter:
+    return EagleDrafter(head, target, torch.device("cpu"), draft_vocab=draft_vocab, int8_weights=int8_weights)
 
 
 def features(target, ids: list[int]) -> torch.Tensor:  # [len, H] target feature at every position
@@ -63,12 +63,13 @@ def test_protocol(head, target):
     assert all(x.shape == (3, VOCAB) and x.dtype == torch.float32 for x in logits)
 
 
-def test_ragged_batch_matches_rows_alone(head, target):
-    batched = make(head, target)
+@pytest.mark.parametrize("int8_weights", [False, True])
+def test_ragged_batch_matches_rows_alone(head, target, int8_weights):
+    batched = make(head, target, int8_weights=int8_weights)
     prefill(batched, target, PROMPTS, FIRSTS)
     together = draft(batched, 4)
     for b, (prompt, first) in enumerate(zip(PROMPTS, FIRSTS)):
-        alone = make(head, target)
+        alone = make(head, target, int8_weights=int8_weights)
         prefill(alone, target, [prompt], [first])
         for step, logits in enumerate(draft(alone, 4)):
             torch.testing.assert_close(together[step][b], logits[0], atol=ATOL, rtol=1e-4)
@@ -86,10 +87,11 @@ def committed_state(target, seq: list[int], drafter, num_new: list[int], tokens:
     drafter.commit(new, torch.tensor(num_new), hid)
 
 
+@pytest.mark.parametrize("int8_weights", [False, True])
 @pytest.mark.parametrize("draft_steps", [0, 3])
-def test_commit_matches_fresh_prefill(head, target, draft_steps):
+def test_commit_matches_fresh_prefill(head, target, draft_steps, int8_weights):
     """After drafting (or drafting nothing) and committing, the drafter equals one prefilled on the full sequence."""
-    drafter = make(head, target)
+    drafter = make(head, target, int8_weights=int8_weights)
     prefill(drafter, target, PROMPTS, FIRSTS)
     draft(drafter, draft_steps)
     seqs = [p + [f] for p, f in zip(PROMPTS, FIRSTS)]  # committed so far
@@ -99,7 +101,7 @@ def test_commit_matches_fresh_prefill(head, target, draft_steps):
     got = draft(drafter, 2)
     for b, (seq, toks) in enumerate(zip(seqs, commits)):
         full = seq + toks
-        fresh = make(head, target)
+        fresh = make(head, target, int8_weights=int8_weights)
         prefill(fresh, target, [full[:-1]], [full[-1]])
         for step, logits in enumerate(draft(fresh, 2)):
             torch.testing.assert_close(got[step][b], logits[0], atol=ATOL, rtol=1e-4)
@@ -129,6 +131,30 @@ def test_restricted_vocab_is_lossless_shape(head, target):
     full = make(head, target)
     prefill(full, target, PROMPTS, FIRSTS)
     torch.testing.assert_close(logits, full.draft_logits(None)[:, :100])
+
+
+def test_int8_linear_multiplies_by_its_rounded_weight():
+    from speckv.drafters.int8 import Int8Linear
+
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(64, 48)
+    q = Int8Linear.of(linear)
+    w = linear.weight.detach()
+    step = w.abs().amax(dim=1, keepdim=True) / 127  # each weight is off by at most half a step of its row
+    assert ((q.dequantized() - w).abs() <= step / 2 + 1e-7).all()
+    x = torch.randn(3, 5, 64)
+    torch.testing.assert_close(q(x), torch.nn.functional.linear(x, q.dequantized(), linear.bias))
+
+
+def test_int8_drafter_stays_close_to_full_precision(head, target):
+    int8_drafter, full = make(head, target, int8_weights=True), make(head, target)
+    assert int8_drafter.int8_weights and not full.int8_weights
+    assert not any("Int8" in type(m).__name__ for m in head.modules())  # the caller's head is left as it was
+    for d in (int8_drafter, full):
+        prefill(d, target, PROMPTS, FIRSTS)
+    a, b = draft(int8_drafter, 1)[0], draft(full, 1)[0]
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_save_load_roundtrip(head, target, tmp_path):

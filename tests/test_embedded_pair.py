@@ -39,8 +39,9 @@ def test_greedy_parity_embedded_pair_fp32(fp32_engine_parts, policy):
     engine = SpecEngine(EngineConfig(target=ModelSpec(dtype="fp32"), policy=PolicySpec(name=policy, gamma=4),
                                      max_batch_size=3), target=target, tokenizer=tokenizer, drafter=drafter)
     drafted, accepted = generate_with_parity(engine, target, max_new_tokens=32)
+    assert drafter.int8_weights  # the default on CPU: the head drafts with int8 weights, the output stays the target's
     if policy == "fixed":
-        assert drafted > 0 and accepted > 0  # the shipped head is a real draft, not a no-op
+        assert drafted > 0 and accepted / drafted > 0.3  # the shipped head is a real draft, not a no-op
     # 'learned' may rightly draft nothing here: on CPU an fp32 target verifies 2 tokens in ~1.6× the time of one,
     # so the measured costs make plain decoding the faster choice; parity must hold either way
 

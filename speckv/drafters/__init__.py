@@ -16,7 +16,7 @@ def build_drafter(spec: DraftSpec, target: torch.nn.Module, target_spec: ModelSp
         from speckv.drafters.eagle import EagleDrafter, default_eagle_path
 
         path = default_eagle_path() if spec.source == EMBEDDED else spec.source
-        return EagleDrafter.load(path, target, device)
+        return EagleDrafter.load(path, target, device, int8_weights=spec.int8_weights)
 
     from speckv.drafters.draft_lm import DraftLM
     from speckv.models import load_causal_lm

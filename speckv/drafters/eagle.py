@@ -17,6 +17,7 @@ metadata). No pickle.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
+from speckv.drafters import int8
 from speckv.drafters.draft_lm import pad_right
 from speckv.kvcache import CACHE_KWARG, RaggedCache
 from speckv.models import ASSETS
@@ -80,7 +82,7 @@ class EagleDrafter:
     needs_target_hidden = True
 
     def __init__(self, head: EagleHead, target_model: nn.Module, device: torch.device,
-                 draft_vocab: int | None = None, metadata: dict | None = None) -> None:
+                 draft_vocab: int | None = None, metadata: dict | None = None, int8_weights: bool = False) -> None:
         self.head = head.to(device).eval().requires_grad_(False)
         self.embed = target_model.get_input_embeddings()
         self.lm_head = target_model.get_output_embeddings()
@@ -90,11 +92,20 @@ class EagleDrafter:
         self.device = device
         self.metadata = metadata or {}
         self.dtype = next(self.head.parameters()).dtype
+        # on CPU the head's layer and its LM-head slice can read int8 weights (see speckv.drafters.int8); the
+        # target's own LM head stays as it is, the head reads a quantized copy of its first rows
+        self.int8_weights = int8_weights and int8.available(device) and self.lm_head.weight.dtype.is_floating_point
+        self._int8_logits: int8.Int8Linear | None = None
+        if self.int8_weights:
+            self.head = copy.deepcopy(self.head)  # quantized in place: never alter the caller's module
+            int8.quantize_linears(self.head)
+            self._int8_logits = int8.Int8Linear(self.lm_head.weight[: self.draft_vocab], None, self.dtype)
         self._reset(0)
 
     # ---- loading / saving -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, target_model: nn.Module, device: torch.device) -> EagleDrafter:
+    def load(cls, path: str | Path, target_model: nn.Module, device: torch.device,
+             int8_weights: bool = False) -> EagleDrafter:
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
         head = EagleHead(meta["head_config"])
@@ -104,7 +115,8 @@ class EagleDrafter:
         if not dtype.is_floating_point or dtype.itemsize < 2:  # quantized LM head: keep bf16
             dtype = torch.bfloat16
         head.to(dtype)
-        return cls(head, target_model, device, draft_vocab=meta.get("draft_vocab"), metadata=meta)
+        return cls(head, target_model, device, draft_vocab=meta.get("draft_vocab"), metadata=meta,
+                   int8_weights=int8_weights)
 
     @staticmethod
     def save(head: EagleHead, path: str | Path, metadata: dict, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -196,5 +208,7 @@ class EagleDrafter:
         )
 
     def _logits(self, pred: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, draft_vocab or V] float32
+        if self._int8_logits is not None:
+            return self._int8_logits(pred).float()
         weight = self.lm_head.weight[: self.draft_vocab]  # a view: the first ids of the target's own head
         return nn.functional.linear(pred.to(weight.dtype), weight).float()
