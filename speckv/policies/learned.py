@@ -105,6 +105,7 @@ class _FoldedMLP:
         self.w2[:hidden, :hidden] = lin2.weight.detach().numpy().T
         self.w2[hidden, :hidden], self.w2[hidden, hidden] = lin2.bias.detach().numpy(), 1.0
         self.w3 = np.append(lin3.weight.detach().numpy()[0], lin3.bias.detach().numpy()[0]).astype(np.float64)
+        self.neg_w3 = -self.w3
         # the same weights as Python lists, for a batch of one: a loop of float operations touches far less code
         # than a dozen numpy calls do, which is what counts right after a forward pass (see the class docstring)
         # per unit: position, top-1, entropy and prefix-minimum weights
@@ -120,12 +121,15 @@ class _FoldedMLP:
         history = np.stack([accept_rate_ema, np.log1p(context_len)], axis=1) @ self.w_history + self.bias[compression]
         return self.w_position[:positions, None, :] + history[None]
 
-    def logit(self, table_at_pos: np.ndarray, signals: np.ndarray) -> np.ndarray:
-        """Logit of P(accept) per row; ``signals`` [B, 3] = (top-1, entropy, prefix minimum of top-1)."""
+    def prob(self, table_at_pos: np.ndarray, signals: np.ndarray) -> np.ndarray:
+        """P(accept) per row; ``signals`` [B, 3] = (top-1, entropy, prefix minimum of top-1)."""
         h = signals @ self.w_signals
         h += table_at_pos
         h = np.maximum(h, 0.0, out=h) @ self.w2
-        return np.maximum(h, 0.0, out=h) @ self.w3
+        e = np.maximum(h, 0.0, out=h) @ self.neg_w3  # -logit: the sigmoid 1 / (1 + exp(-logit)) in three calls
+        np.exp(e, out=e)
+        e += 1.0
+        return np.reciprocal(e, out=e)
 
     def step_base_one(self, accept_rate_ema: float, context_len: float, compression: str) -> list[float]:
         """One row's first-layer pre-activation without the draft signals and the position, as a list."""
@@ -147,11 +151,14 @@ def _where(cond, a, b):
     return np.where(cond, a, b) if isinstance(cond, np.ndarray) else (a if cond else b)
 
 
-def _group_sum(x, group: np.ndarray | None):
-    """Sum of ``x`` over each row's batch (``group`` ids, summed back onto the rows; ``None``: one batch, a scalar)."""
+def _group_sum(x, weight, group: np.ndarray | None):
+    """Sum of ``x · weight`` over each row's batch (``group`` ids, summed back onto the rows; ``None``: one batch,
+    a scalar)."""
     if group is None:
-        return x.sum() if isinstance(x, np.ndarray) else x
-    return np.bincount(group, weights=x)[group]
+        if isinstance(weight, np.ndarray):
+            return x @ weight  # one call: the batch path runs this three times per decision
+        return x.sum() * weight if isinstance(x, np.ndarray) else x * weight
+    return np.bincount(group, weights=x * weight)[group]
 
 
 def decide(a, p_all, expected, live, pos: int, costs: list | None, group: np.ndarray | None = None,
@@ -179,10 +186,10 @@ def decide(a, p_all, expected, live, pos: int, costs: list | None, group: np.nda
         draft, verify_here = costs[pos]
         spent = (pos + 1) * draft + verify_here  # this position's draft forward has run already
         extra = costs[pos + 1][1] - verify_here
-        gain, tokens = _group_sum(_where(live, p_next, 0.0) * weight, group), _group_sum(expected * weight, group)
+        gain, tokens = _group_sum(_where(live, p_next, 0.0), weight, group), _group_sum(expected, weight, group)
         # (E + G) / (S + ΔV) > (1 + m) · E / S
         keep = live & (gain * spent > tokens * (extra + margin * (spent + extra)))
-        gain2 = _group_sum(_where(keep, p_next * a, 0.0) * weight, group)
+        gain2 = _group_sum(_where(keep, p_next * a, 0.0), weight, group)
         extra2 = draft + costs[min(pos + 2, len(costs) - 1)][1] - costs[pos + 1][1]
         spent2, tokens2 = spent + extra, tokens + gain
         more = keep & (gain2 * spent2 > tokens2 * (extra2 + margin * (spent2 + extra2)))
@@ -415,7 +422,7 @@ class LearnedPolicy:
         signals[:, 0], signals[:, 1] = top1, entropy
         if self.fast is None:
             return signals[:, 0].copy()
-        return 1.0 / (1.0 + np.exp(-self.fast.logit(self._table[min(pos, len(self._table) - 1)], signals)))
+        return self.fast.prob(self._table[min(pos, len(self._table) - 1)], signals)
 
     def _acceptance_one(self, pos: int, top1: float, entropy: float) -> float:
         return top1 if self.fast is None else self.fast.prob_one(self._base_one, pos, top1, entropy, self._prefix_min)
