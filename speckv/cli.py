@@ -44,6 +44,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--draft", default=EMBEDDED, help="draft weights: hub id, local dir, .gguf, or 'embedded'")
     g.add_argument("--draft-kind", choices=["eagle", "lm"], default="eagle",
                    help="eagle: feature head over the target's hidden states; lm: independent draft LM")
+    g.add_argument("--no-draft-int8", dest="draft_int8", action="store_false",
+                   help="keep the EAGLE head's weights in the target's dtype on CPU (default: int8 weight-only)")
     g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
     g.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
                    help="bitsandbytes quantization of the target")
@@ -65,7 +67,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         target=ModelSpec(source=args.target, dtype=args.dtype, quantization=args.quantization, device=args.device),
-        draft=DraftSpec(kind=args.draft_kind, source=args.draft),
+        draft=DraftSpec(kind=args.draft_kind, source=args.draft, int8_weights=args.draft_int8),
         policy=PolicySpec(name=args.policy, gamma=args.gamma, gamma_max=max(args.gamma_max, args.gamma),
                           path=args.policy_path),
         max_batch_size=args.batch_size,
