@@ -218,13 +218,14 @@ def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
     assert int(policy.budget(ctx).min()) == 1  # ... but two tokens per row were never verified at batch 8: one first
     ctx.last_step = {"batch": 8, "tokens": 2, "forwards": 1, "draft_ms": 30.0, "verify_ms": 80.0, "wall_ms": 110.0}
     assert int(policy.budget(ctx).min()) == 4
-    # one row alone (margin 5 %), where a column costs 10 ms: (1 + 0.5)/50 > 1.05 · 1/40
+    # one row alone (margin 5 %) sees its first token's draft signals before paying for its verify, so only the
+    # first draft forward (5 ms) must pay: (1 + a)/45 > 1.05 · 1/40 needs a > 0.18
     one = context(1)
-    one.state["first_accept_ema"][:] = 0.5
+    one.state["first_accept_ema"][:] = 0.25
     assert int(policy.budget(one)[0]) == 1
-    policy = LearnedPolicy(None, 4)  # a fresh batch, whose row has accepted a first token 25 % of the time
+    policy = LearnedPolicy(None, 4)  # a fresh batch, whose row has accepted a first token 15 % of the time
     one = context(1)
-    one.state["first_accept_ema"][:] = 0.25  # (1 + 0.25)/50 < 1.05 · 1/40: not enough
+    one.state["first_accept_ema"][:] = 0.15
     assert int(policy.budget(one)[0]) == 0
 
 
@@ -269,3 +270,27 @@ def test_learned_stops_drafting_where_drafted_steps_measure_slower_than_plain_on
     # (2/55 > 1/50): after enough of them, drafting comes back
     gammas = [step(1, 55.0) for _ in range(200)]
     assert gammas[:4] == [0, 0, 0, 0] and gammas[-1] > 1
+
+
+def test_learned_at_batch_1_keeps_drafting_through_slow_drafted_steps():
+    """One row's steps swing from 1 to γ+1 tokens: its measured rate is no reason to stop (see _measured_pays)."""
+    costs = CostModel([1, 4], [1, 2, 5], [[40, 42, 50], [50, 52, 60]], [3, 4])
+    policy = LearnedPolicy(None, 4)
+    ctx = StepContext(batch_size=1, context_len=torch.full((1,), 100), num_generated=torch.zeros(1),
+                      max_new_tokens=torch.full((1,), 64), last_num_draft=torch.zeros(1),
+                      last_num_accepted=torch.zeros(1), accept_rate_ema=torch.full((1,), 0.5),
+                      compression="bf16", costs=costs, gamma_max=4)
+    policy.init_state(ctx)
+    gammas = []
+    for i in range(30):  # plain steps at first (estimate too low), then drafted ones that all come out slow
+        estimate = 0.05 if i < 10 else 0.9
+        ctx.state["first_accept_ema"][:] = estimate
+        policy._first_accept_one = estimate
+        gamma = int(policy.budget(ctx)[0])
+        gammas.append(gamma)
+        wall_ms = 70.0 if gamma else 50.0
+        policy.observe(ctx, torch.tensor([gamma]), torch.tensor([0]))
+        policy._first_accept_one = estimate
+        ctx.last_step = {"batch": 1, "tokens": 1 + gamma, "forwards": gamma, "draft_ms": 3.0 * gamma,
+                         "verify_ms": wall_ms - 3.0 * gamma, "wall_ms": wall_ms}
+    assert gammas[:10].count(0) >= 9 and all(g > 0 for g in gammas[12:])

@@ -254,11 +254,11 @@ class LearnedPolicy:
     #: the step cost list is rebuilt from the running measurements every this many steps (and when a new batch size
     #: or a new (batch, tokens) cell is measured); the measurements move slowly, a rebuild is dozens of Python calls
     COST_REFRESH = 8
-    #: drafting must pay in what the engine measures, not only in expectation: once a batch size has run this many
-    #: drafting steps and this many plain ones, it drafts only while the drafting steps deliver at least the tokens
-    #: per row per ms of the plain ones (estimates of acceptance, draft and verify time can all be off together; this
-    #: check is not an estimate). Where drafting clearly pays, plain steps are rare and the check stays out of the way;
-    #: it acts where the estimates sit near the line and the policy switches between the two
+    #: drafting must pay in what the engine measures, not only in expectation: once a batch size above 1 has run this
+    #: many drafting steps and this many plain ones, it drafts only while the drafting steps deliver at least the
+    #: tokens per row per ms of the plain ones (estimates of acceptance, draft and verify time can all be off together;
+    #: this check is not an estimate). Where drafting clearly pays, plain steps are rare and the check stays out of the
+    #: way; it acts where the estimates sit near the line and the policy switches between the two
     GUARD_STEPS = 4
 
     def init_state(self, ctx: StepContext) -> None:
@@ -289,7 +289,12 @@ class LearnedPolicy:
         first-token acceptance, w_b its weight (:meth:`row_weights`, W their sum), T the measured time of a plain
         step at this batch size and ΔT what a drafted column adds to it (one draft forward plus the wider verify).
         A batch that stops drafting re-probes now and then, if any acceptance could pay; at a batch size it has not
-        run yet, the first step is plain, so that T is measured, not assumed. The plain path is a few Python
+        run yet, the first step is plain, so that T is measured, not assumed.
+
+        A row alone (batch 1) sees its draft's top-1 and entropy for the first token before it pays for that token's
+        verify (:meth:`keep_drafting` declines a poor one), so ΔT is only the first draft forward there. Charging it
+        the wider verify as well sent a row plain after three first-token rejections in a row (the running
+        acceptance falls from 0.5 to 0.26), though the next first token was as likely kept as ever. The plain path is a few Python
         operations: it runs on every step of a batch that does not speculate."""
         n, gamma = ctx.batch_size, min(self.gamma_max, ctx.gamma_max)
         self._drafting, self._margin = False, self.MARGIN * n ** 0.5  # the margin holds for this step's decisions too
@@ -305,7 +310,8 @@ class LearnedPolicy:
         needed = (1 + self._margin) * (plain + column) / plain - 1
         if needed >= 1:  # not even a first token accepted every time would pay: plain decoding, no probes
             return self._budget(n, 0)
-        if n == 1:
+        if n == 1:  # the first draft forward only has to pay for itself: see the docstring
+            needed = (1 + self._margin) * (plain + self._costs[0][0]) / plain - 1
             weight, rows, gain = 1.0, 1.0, self._first_accept(ctx)
         else:
             weight = self.row_weights(ctx, self._steps)
@@ -321,8 +327,13 @@ class LearnedPolicy:
         return self._budget(n, 0)
 
     def _measured_pays(self, n: int) -> bool:
-        """False once drafting steps at batch ``n`` have delivered fewer tokens per row per ms than its plain steps."""
-        if min(self._rate_steps.get((n, True), 0), self._rate_steps.get((n, False), 0)) < self.GUARD_STEPS:
+        """False once drafting steps at batch ``n`` > 1 have delivered fewer tokens per row per ms than its plain steps.
+
+        Not at batch 1: there one step delivers anything from 1 to γ+1 tokens, so a running mean over a few steps
+        falls below the plain rate on any run of rejections, and the check kept a row plain for long stretches where
+        drafting paid (measured, int8: 38 % of steps plain, slower than fixed γ=3). A row alone is judged position by
+        position from its own draft's signals, which a batch cannot be."""
+        if n == 1 or min(self._rate_steps.get((n, drafted), 0) for drafted in (True, False)) < self.GUARD_STEPS:
             return True
         return self._rate[(n, True)] >= self._rate[(n, False)]
 
