@@ -294,8 +294,9 @@ class LearnedPolicy:
         A row alone (batch 1) sees its draft's top-1 and entropy for the first token before it pays for that token's
         verify (:meth:`keep_drafting` declines a poor one), so ΔT is only the first draft forward there. Charging it
         the wider verify as well sent a row plain after three first-token rejections in a row (the running
-        acceptance falls from 0.5 to 0.26), though the next first token was as likely kept as ever. The plain path is a few Python
-        operations: it runs on every step of a batch that does not speculate."""
+        acceptance falls from 0.5 to 0.26), in runs whose drafted steps kept 0.8–0.95 of their first tokens.
+
+        The plain path is a few Python operations: it runs on every step of a batch that does not speculate."""
         n, gamma = ctx.batch_size, min(self.gamma_max, ctx.gamma_max)
         self._drafting, self._margin = False, self.MARGIN * n ** 0.5  # the margin holds for this step's decisions too
         if ctx.costs is None:
