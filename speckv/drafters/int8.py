@@ -27,7 +27,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous())
         self.register_buffer("scale", scale.to(dtype))  # the kernel takes scales in the activations' dtype
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
-        self.out_features, self.in_features = self.qweight.shape
+        self.out_features = self.qweight.shape[0]
 
     @classmethod
     def of(cls, linear: nn.Linear) -> Int8Linear:
@@ -42,10 +42,9 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def quantize_linears(module: nn.Module) -> int:
-    """Replace every ``nn.Linear`` inside ``module`` by an :class:`Int8Linear`, in place; returns how many."""
+def quantize_linears(module: nn.Module) -> None:
+    """Replace every ``nn.Linear`` inside ``module`` by an :class:`Int8Linear`, in place."""
     targets = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
                if isinstance(child, nn.Linear)]
     for parent, name, child in targets:
         setattr(parent, name, Int8Linear.of(child))
-    return len(targets)
