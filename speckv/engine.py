@@ -28,6 +28,13 @@ from speckv.verify import sample, to_probs, verify, verify_greedy
 
 ProgressFn = Callable[[int, int], None]  # (requests finished, tokens generated) since the last call
 
+#: A row's acceptance history (``StepContext.accept_rate``, the telemetry's ``accept_rate``): accepted ÷ *judged*
+#: draft positions, as two sums discounted by ACCEPT_DECAY per drafting step, from ACCEPT_PRIOR (accepted, judged).
+#: A position is judged when the target ruled on it: every drafted one up to and including the first rejection. So the
+#: rate estimates P(accept | prefix accepted) whatever γ the policy drafted — accepted ÷ drafted would not: the same
+#: draft logged 0.15 under γ=8 and 0.34 under γ=3 (bf16), and a selector trained on one would misread the other.
+ACCEPT_DECAY, ACCEPT_PRIOR = 0.8, (1.0, 2.0)
+
 
 class RequestError(ValueError):
     """A request that cannot be generated (its row gets status=error; the others go on)."""
@@ -101,7 +108,7 @@ class _Batch:
         self.temperature, self.top_k, self.top_p = (t[idx.to(t.device)] for t in (self.temperature, self.top_k, self.top_p))
         c = self.ctx
         for name in ("context_len", "num_generated", "max_new_tokens", "last_num_draft", "last_num_accepted",
-                     "accept_rate_ema"):
+                     "accept_sums"):
             setattr(c, name, getattr(c, name)[idx])
         c.state = {k: v[idx] for k, v in c.state.items()}
         c.batch_size = len(keep)
@@ -255,7 +262,7 @@ class SpecEngine:
         self.policy.observe(ctx, num_draft, num_accepted)
         stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
         flags = [accept[b, : int(num_draft[b])].tolist() for b in range(n_rows)]
-        stats["accept_rate_ema"] = ctx.accept_rate_ema  # as the policy saw it, before this step
+        stats["accept_rate"] = ctx.accept_rate  # as the policy saw it, before this step
         self._update_history(ctx, num_draft, num_accepted)
         stats["num_draft"], stats["num_accepted"] = num_draft, num_accepted
         return new_tokens.cpu(), num_accepted + 1, flags, stats
@@ -363,7 +370,7 @@ class SpecEngine:
             "compression": spec.compression,
             "device": self.device.type,
             "gamma_max": self.gamma_max,
-            "accept_rate_ema": float(stats["accept_rate_ema"][b]),
+            "accept_rate": float(stats["accept_rate"][b]),
             "actor_id": self.actor_id,
         }
 
@@ -439,7 +446,7 @@ class SpecEngine:
             max_new_tokens=torch.tensor([r.request.sampling.max_new_tokens for r in rows]),
             last_num_draft=torch.zeros(n, dtype=torch.long),
             last_num_accepted=torch.zeros(n, dtype=torch.long),
-            accept_rate_ema=torch.full((n,), 0.5),
+            accept_sums=torch.tensor([ACCEPT_PRIOR] * n),
             compression=self.config.target.compression,
             costs=self.costs,
             gamma_max=self.gamma_max,
@@ -447,10 +454,9 @@ class SpecEngine:
 
     @staticmethod
     def _update_history(ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        drafted = num_draft > 0
-        # per-token acceptance of this step: accepted / drafted, a censored but unbiased-enough running signal
-        rate = num_accepted.float() / num_draft.clamp(min=1).float()
-        ctx.accept_rate_ema = torch.where(drafted, 0.7 * ctx.accept_rate_ema + 0.3 * rate, ctx.accept_rate_ema)
+        judged = torch.minimum(num_draft, num_accepted + 1)  # up to and including the first rejection
+        step = torch.stack([num_accepted, judged], dim=1).float()
+        ctx.accept_sums = torch.where((num_draft > 0)[:, None], ACCEPT_DECAY * ctx.accept_sums + step, ctx.accept_sums)
         ctx.last_num_draft, ctx.last_num_accepted = num_draft, num_accepted
 
     def _uniforms(self, batch: _Batch, counts: torch.Tensor, width: int, last_at_end: bool = False) -> torch.Tensor:

@@ -51,7 +51,8 @@ STEP_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("compression", pa.string(), "quantization if any, else dtype: the level the policy conditions on"),
     ("device", pa.string(), "cpu | cuda"),
     ("gamma_max", pa.int32(), "largest γ the policy could choose"),
-    ("accept_rate_ema", pa.float32(), "EMA of per-token acceptance before this step, as the policy saw it"),
+    ("accept_rate", pa.float32(), "the row's accepted ÷ judged draft positions before this step (discounted sums, "
+     "see speckv.engine.ACCEPT_DECAY), as the policy saw it"),
     ("actor_id", pa.string(), "which engine produced it (process / Ray actor)"),
 ]
 

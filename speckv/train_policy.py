@@ -54,6 +54,10 @@ def load_steps(path: str | Path):
     df = df[(df["temperature"] == 0) & (df["num_draft_tokens"] > 0)].reset_index(drop=True)
     if df.empty:
         raise ValueError(f"{path} holds no greedy steps that drafted tokens; nothing to learn from")
+    missing = int(df["accept_rate"].isna().sum()) if "accept_rate" in df.columns else len(df)
+    if missing:  # an older speckv logged accept_rate_ema instead, whose scale depended on the γ drafted
+        raise ValueError(f"{path}: {missing} of {len(df)} steps have no accept_rate (telemetry from an older speckv); "
+                         "collect them again with this version")
     return df
 
 
@@ -68,7 +72,7 @@ def step_arrays(df) -> dict[str, np.ndarray]:
         top1[i, : len(t)], ent[i, : len(e)], acc[i, : len(a)] = t, e, a
     first_false = np.where(~acc | (np.arange(g)[None] >= drafted[:, None]), np.arange(g)[None], g).min(axis=1)
     return {"top1": top1, "entropy": ent, "accept": acc, "drafted": drafted, "reject_at": first_false,
-            "ema": df["accept_rate_ema"].to_numpy(np.float32), "context": df["context_len"].to_numpy(),
+            "history": df["accept_rate"].to_numpy(np.float32), "context": df["context_len"].to_numpy(),
             "compression": df["compression"].to_numpy(),
             # which steps ran together in one batched step (for replays at batch > 1)
             "group": batch_groups(df)}
@@ -83,16 +87,16 @@ def batch_groups(df) -> np.ndarray:
 
 
 def position_features(arr: dict, pos: int, prefix_min: np.ndarray) -> torch.Tensor:
-    n = len(arr["ema"])
+    n = len(arr["history"])
     return feature_matrix(torch.tensor(arr["top1"][:, pos]), torch.tensor(arr["entropy"][:, pos]),
-                          torch.full((n,), pos), torch.tensor(arr["ema"]), torch.tensor(prefix_min),
+                          torch.full((n,), pos), torch.tensor(arr["history"]), torch.tensor(prefix_min),
                           torch.tensor(arr["context"]), list(arr["compression"]))
 
 
 def samples(arr: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [M, F], labels [M]) for every position up to and including the first rejection."""
     xs, ys = [], []
-    prefix_min = np.ones(len(arr["ema"]), np.float32)
+    prefix_min = np.ones(len(arr["history"]), np.float32)
     for pos in range(arr["top1"].shape[1]):
         live = (arr["reject_at"] >= pos) & (arr["drafted"] > pos)
         if live.any():
@@ -159,7 +163,7 @@ def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: Acceptance
     of the same actor) form one batched step: its time is set by its widest row (the most draft forwards, the most
     tokens verified), as in the engine, and the learned rule decides per column for the batch."""
     g = arr["top1"].shape[1]
-    n = len(arr["ema"])
+    n = len(arr["history"])
     group = arr["group"] if batch > 1 else np.arange(n)
     d = costs.draft(batch)
     if policy == "fixed":

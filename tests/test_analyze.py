@@ -28,7 +28,7 @@ def _row(**kw) -> dict:
             "context_len": 100, "num_draft_tokens": 0, "num_accepted_tokens": 0, "num_emitted_tokens": 1,
             "draft_top1": [], "draft_entropy": [], "draft_accept": [], "draft_ms": 0.0, "verify_ms": 40.0,
             "decision_ms": 0.0, "max_tokens_verified": 1, "temperature": 0.0, "target_dtype": "bf16",
-            "quantization": "none", "compression": "bf16", "device": "cpu", "gamma_max": 4, "accept_rate_ema": 0.5,
+            "quantization": "none", "compression": "bf16", "device": "cpu", "gamma_max": 4, "accept_rate": 0.5,
             "actor_id": "a0"}
     base.update(kw)
     return base

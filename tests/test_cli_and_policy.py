@@ -14,7 +14,7 @@ import torch
 from speckv.config import EngineConfig, GenerationRequest, PolicySpec, SamplingParams
 from speckv.costs import CostModel
 from speckv.drafters.draft_lm import DraftLM
-from speckv.engine import SpecEngine
+from speckv.engine import ACCEPT_DECAY, ACCEPT_PRIOR, SpecEngine
 from speckv.io import write_parquet
 from speckv.policies.base import StepContext
 from speckv.policies.learned import AcceptanceMLP, LearnedPolicy, feature_matrix
@@ -78,7 +78,7 @@ def fake_steps(n_prompts: int, rng: np.random.Generator) -> list[dict]:
                          "num_accepted_tokens": first, "draft_top1": top1.tolist(),
                          "draft_entropy": (3 * (1 - top1)).tolist(), "draft_accept": accept.tolist(),
                          "temperature": 0.0, "context_len": 50 + step, "compression": "bf16",
-                         "accept_rate_ema": 0.5, "batch_size": 1})
+                         "accept_rate": 0.5, "batch_size": 1})
     return rows
 
 
@@ -101,6 +101,49 @@ def test_train_policy_learns_acceptance_and_beats_fixed_in_replay(tmp_path):
     assert policy.mlp is not None
 
 
+def test_train_policy_refuses_telemetry_without_the_acceptance_history(tmp_path):
+    from speckv import train_policy
+
+    rows = fake_steps(2, np.random.default_rng(0))
+    for r in rows:
+        r["accept_rate_ema"] = r.pop("accept_rate")  # what speckv wrote before the γ-invariant history
+    write_parquet([], rows, tmp_path / "col", name="bf16")
+    with pytest.raises(ValueError, match="accept_rate"):
+        train_policy.load_steps(tmp_path / "col")
+
+
+def history_context(b: int) -> StepContext:
+    return StepContext(batch_size=b, context_len=torch.zeros(b), num_generated=torch.zeros(b),
+                       max_new_tokens=torch.zeros(b), last_num_draft=torch.zeros(b), last_num_accepted=torch.zeros(b),
+                       accept_sums=torch.tensor([ACCEPT_PRIOR] * b), compression="bf16", costs=None, gamma_max=8)
+
+
+def test_acceptance_history_counts_judged_positions():
+    ctx = history_context(3)
+    # γ 8 with 2 accepted: 3 judged; γ 2 with both accepted: 2 judged; a plain step leaves the sums as they were
+    SpecEngine._update_history(ctx, torch.tensor([8, 2, 0]), torch.tensor([2, 2, 0]))
+    d = ACCEPT_DECAY
+    prior_a, prior_j = ACCEPT_PRIOR
+    assert torch.allclose(ctx.accept_sums, torch.tensor([[d * prior_a + 2, d * prior_j + 3],
+                                                         [d * prior_a + 2, d * prior_j + 2], [prior_a, prior_j]]))
+    assert torch.allclose(ctx.accept_rate, ctx.accept_sums[:, 0] / ctx.accept_sums[:, 1])
+
+
+def test_acceptance_history_does_not_depend_on_gamma():
+    """Drafts accepted position by position with probability 0.7: the history reads about 0.7 whether the policy
+    drafts 8, 3 or 1 a step (accepted ÷ drafted, the history before, read 0.27, 0.52 and 0.70)."""
+    gen = torch.Generator().manual_seed(0)
+    rows, steps, p = 4000, 40, 0.7
+    rates = []
+    for gamma in (8, 3, 1):
+        ctx = history_context(rows)
+        for _ in range(steps):
+            accepted = (torch.rand(rows, gamma, generator=gen) < p).long().cumprod(dim=1).sum(dim=1)
+            SpecEngine._update_history(ctx, torch.full((rows,), gamma), accepted)
+        rates.append(float(ctx.accept_rate.mean()))
+    assert max(rates) - min(rates) < 0.03 and all(abs(r - p) < 0.03 for r in rates), rates
+
+
 def train_policy_args(tmp_path):
     import argparse
 
@@ -120,12 +163,12 @@ def test_learned_acceptance_matches_the_torch_mlp():
     for b in (8, 1):  # a batch runs numpy, one row plain Python floats
         ctx = StepContext(batch_size=b, context_len=torch.randint(10, 300, (b,)), num_generated=torch.zeros(b),
                           max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                          last_num_accepted=torch.zeros(b), accept_rate_ema=torch.rand(b), compression="nf4",
+                          last_num_accepted=torch.zeros(b), accept_sums=torch.stack([torch.rand(b), torch.ones(b)], dim=1), compression="nf4",
                           costs=None, gamma_max=8)
         policy.budget(ctx)
         top1, ent = torch.rand(b), torch.rand(b) * 3
         for pos in (0, 3):
-            x = feature_matrix(top1, ent, torch.full((b,), pos), ctx.accept_rate_ema, torch.ones(b), ctx.context_len,
+            x = feature_matrix(top1, ent, torch.full((b,), pos), ctx.accept_rate, torch.ones(b), ctx.context_len,
                                "nf4")
             expected = torch.sigmoid(mlp(x)).detach().numpy()
             np.testing.assert_allclose(policy.acceptance(pos, top1.numpy(), ent.numpy()), expected, rtol=1e-5)
@@ -198,7 +241,7 @@ def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
     def context(b: int) -> StepContext:
         ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
                           max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                          last_num_accepted=torch.zeros(b), accept_rate_ema=torch.full((b,), 0.5),
+                          last_num_accepted=torch.zeros(b), accept_sums=torch.tensor([[1.0, 2.0]] * b),
                           compression="bf16", costs=costs, gamma_max=4)
         policy.init_state(ctx)
         assert int(policy.budget(ctx).max()) == 0  # a batch size not seen yet: measure a plain step first
@@ -233,7 +276,7 @@ def test_row_weights_favour_the_rows_the_batch_waits_for():
     b = 3
     ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.tensor([30, 10, 20]),
                       max_new_tokens=torch.tensor([40, 40, 40]), last_num_draft=torch.zeros(b),
-                      last_num_accepted=torch.zeros(b), accept_rate_ema=torch.full((b,), 0.5), compression="bf16",
+                      last_num_accepted=torch.zeros(b), accept_sums=torch.tensor([[1.0, 2.0]] * b), compression="bf16",
                       costs=None, gamma_max=4)
     # after 10 steps: 3, 1 and 2 tokens per step so far; steps left: 10/3, 30/1, 20/2 → relative to the longest
     np.testing.assert_allclose(LearnedPolicy.row_weights(ctx, 10), [10 / 3 / 30, 1.0, 1 / 3])
@@ -245,7 +288,7 @@ def test_learned_stops_drafting_where_drafted_steps_measure_slower_than_plain_on
     policy = LearnedPolicy(None, 4)
     ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
                       max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                      last_num_accepted=torch.zeros(b), accept_rate_ema=torch.full((b,), 0.5),
+                      last_num_accepted=torch.zeros(b), accept_sums=torch.tensor([[1.0, 2.0]] * b),
                       compression="bf16", costs=costs, gamma_max=4)
     policy.init_state(ctx)
 
@@ -278,7 +321,7 @@ def test_learned_at_batch_1_keeps_drafting_through_slow_drafted_steps():
     policy = LearnedPolicy(None, 4)
     ctx = StepContext(batch_size=1, context_len=torch.full((1,), 100), num_generated=torch.zeros(1),
                       max_new_tokens=torch.full((1,), 64), last_num_draft=torch.zeros(1),
-                      last_num_accepted=torch.zeros(1), accept_rate_ema=torch.full((1,), 0.5),
+                      last_num_accepted=torch.zeros(1), accept_sums=torch.tensor([[1.0, 2.0]]),
                       compression="bf16", costs=costs, gamma_max=4)
     policy.init_state(ctx)
     gammas = []

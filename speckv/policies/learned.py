@@ -35,7 +35,7 @@ from speckv.costs import monotone
 from speckv.policies.base import StepContext
 
 COMPRESSIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
-FEATURES = ("top1", "entropy", "position", "accept_rate_ema", "prefix_min_top1", "log_context",
+FEATURES = ("top1", "entropy", "position", "accept_rate", "prefix_min_top1", "log_context",
             *(f"is_{c}" for c in COMPRESSIONS))
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "policy" / "learned.safetensors"
 
@@ -59,7 +59,7 @@ def feature_matrix(
     top1: torch.Tensor,  # [N]
     entropy: torch.Tensor,  # [N]
     position: torch.Tensor,  # [N] 0-based draft position
-    accept_rate_ema: torch.Tensor,  # [N]
+    accept_rate: torch.Tensor,  # [N]
     prefix_min_top1: torch.Tensor,  # [N] min top-1 over earlier positions of this draft (1 at position 0)
     context_len: torch.Tensor,  # [N]
     compression: list[str] | str,
@@ -72,7 +72,7 @@ def feature_matrix(
     else:
         comp = torch.nn.functional.one_hot(torch.tensor([COMPRESSIONS.index(c) for c in compression]),
                                            len(COMPRESSIONS)).float()
-    cols = [top1, entropy, position.float(), accept_rate_ema, prefix_min_top1, torch.log1p(context_len.float())]
+    cols = [top1, entropy, position.float(), accept_rate, prefix_min_top1, torch.log1p(context_len.float())]
     return torch.cat([torch.stack([c.float() for c in cols], dim=1), comp], dim=1)
 
 
@@ -98,7 +98,7 @@ class _FoldedMLP:
 
         col = {name: i for i, name in enumerate(FEATURES)}
         self.w_signals = unit(w1[[col["top1"], col["entropy"], col["prefix_min_top1"]]])  # [3, H+1]
-        self.w_history = unit(w1[[col["accept_rate_ema"], col["log_context"]]])  # [2, H+1]
+        self.w_history = unit(w1[[col["accept_rate"], col["log_context"]]])  # [2, H+1]
         self.w_position = unit(np.arange(max_position)[:, None] * w1[col["position"]])  # [P, H+1]
         self.bias = {c: unit(b1 + w1[col[f"is_{c}"]], 1.0) for c in COMPRESSIONS}  # [H+1], constant unit = 1
         self.w2 = np.zeros((hidden + 1, hidden + 1))  # [[W2, 0], [b2, 1]]
@@ -115,10 +115,10 @@ class _FoldedMLP:
         self.one_layer2 = list(zip(self.w2[:hidden, :hidden].T.tolist(), self.w2[hidden, :hidden].tolist()))
         self.one_w3, self.one_b3 = self.w3[:hidden].tolist(), float(self.w3[hidden])
 
-    def step_table(self, accept_rate_ema: np.ndarray, context_len: np.ndarray, compression: str,
+    def step_table(self, accept_rate: np.ndarray, context_len: np.ndarray, compression: str,
                    positions: int) -> np.ndarray:
         """[positions, B, H+1]: the first layer's pre-activation without the draft signals, per position and row."""
-        history = np.stack([accept_rate_ema, np.log1p(context_len)], axis=1) @ self.w_history + self.bias[compression]
+        history = np.stack([accept_rate, np.log1p(context_len)], axis=1) @ self.w_history + self.bias[compression]
         return self.w_position[:positions, None, :] + history[None]
 
     def prob(self, table_at_pos: np.ndarray, signals: np.ndarray) -> np.ndarray:
@@ -131,9 +131,9 @@ class _FoldedMLP:
         e += 1.0
         return np.reciprocal(e, out=e)
 
-    def step_base_one(self, accept_rate_ema: float, context_len: float, compression: str) -> list[float]:
+    def step_base_one(self, accept_rate: float, context_len: float, compression: str) -> list[float]:
         """One row's first-layer pre-activation without the draft signals and the position, as a list."""
-        history = (accept_rate_ema, math.log1p(context_len))
+        history = (accept_rate, math.log1p(context_len))
         return [b + history[0] * w[0] + history[1] * w[1]
                 for b, w in zip(self.one_bias[compression], self.one_history)]
 
@@ -352,14 +352,14 @@ class LearnedPolicy:
         if n == 1:
             self._p_all, self._expected, self._live, self._prefix_min = 1.0, 1.0, True, 1.0
             if self.fast is not None:
-                self._base_one = self.fast.step_base_one(ctx.accept_rate_ema.item(), ctx.context_len.item(),
+                self._base_one = self.fast.step_base_one(ctx.accept_rate.item(), ctx.context_len.item(),
                                                          ctx.compression)
         else:
             self._p_all, self._expected, self._live = np.ones(n), np.ones(n), np.ones(n, bool)
             self._weight_sum = float(weight.sum())  # summed here: observe() runs right after a forward
             self._signals = np.ones((n, 3))  # top-1, entropy, prefix minimum of top-1 (1 before the first position)
             if self.fast is not None:
-                self._table = self.fast.step_table(ctx.accept_rate_ema.numpy(), ctx.context_len.numpy(),
+                self._table = self.fast.step_table(ctx.accept_rate.numpy(), ctx.context_len.numpy(),
                                                    ctx.compression, gamma)
         return self._budget(n, gamma)
 
