@@ -115,7 +115,8 @@ def test_train_policy_refuses_telemetry_without_the_acceptance_history(tmp_path)
 def history_context(b: int) -> StepContext:
     return StepContext(batch_size=b, context_len=torch.zeros(b), num_generated=torch.zeros(b),
                        max_new_tokens=torch.zeros(b), last_num_draft=torch.zeros(b), last_num_accepted=torch.zeros(b),
-                       accept_sums=torch.tensor([ACCEPT_PRIOR] * b), compression="bf16", costs=None, gamma_max=8)
+                       accept_sums=torch.tensor([ACCEPT_PRIOR] * b),
+                       accept_rate=torch.zeros(b), compression="bf16", costs=None, gamma_max=8)
 
 
 def test_acceptance_history_counts_judged_positions():
@@ -163,7 +164,8 @@ def test_learned_acceptance_matches_the_torch_mlp():
     for b in (8, 1):  # a batch runs numpy, one row plain Python floats
         ctx = StepContext(batch_size=b, context_len=torch.randint(10, 300, (b,)), num_generated=torch.zeros(b),
                           max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                          last_num_accepted=torch.zeros(b), accept_sums=torch.stack([torch.rand(b), torch.ones(b)], dim=1), compression="nf4",
+                          last_num_accepted=torch.zeros(b),
+                          accept_sums=torch.ones(b, 2), accept_rate=torch.rand(b), compression="nf4",
                           costs=None, gamma_max=8)
         policy.budget(ctx)
         top1, ent = torch.rand(b), torch.rand(b) * 3
@@ -241,7 +243,8 @@ def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
     def context(b: int) -> StepContext:
         ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
                           max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                          last_num_accepted=torch.zeros(b), accept_sums=torch.tensor([[1.0, 2.0]] * b),
+                          last_num_accepted=torch.zeros(b),
+                          accept_sums=torch.ones(b, 2), accept_rate=torch.full((b,), 0.5),
                           compression="bf16", costs=costs, gamma_max=4)
         policy.init_state(ctx)
         assert int(policy.budget(ctx).max()) == 0  # a batch size not seen yet: measure a plain step first
@@ -276,7 +279,8 @@ def test_row_weights_favour_the_rows_the_batch_waits_for():
     b = 3
     ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.tensor([30, 10, 20]),
                       max_new_tokens=torch.tensor([40, 40, 40]), last_num_draft=torch.zeros(b),
-                      last_num_accepted=torch.zeros(b), accept_sums=torch.tensor([[1.0, 2.0]] * b), compression="bf16",
+                      last_num_accepted=torch.zeros(b),
+                      accept_sums=torch.ones(b, 2), accept_rate=torch.full((b,), 0.5), compression="bf16",
                       costs=None, gamma_max=4)
     # after 10 steps: 3, 1 and 2 tokens per step so far; steps left: 10/3, 30/1, 20/2 → relative to the longest
     np.testing.assert_allclose(LearnedPolicy.row_weights(ctx, 10), [10 / 3 / 30, 1.0, 1 / 3])
@@ -288,7 +292,7 @@ def test_learned_stops_drafting_where_drafted_steps_measure_slower_than_plain_on
     policy = LearnedPolicy(None, 4)
     ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
                       max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                      last_num_accepted=torch.zeros(b), accept_sums=torch.tensor([[1.0, 2.0]] * b),
+                      last_num_accepted=torch.zeros(b), accept_sums=torch.ones(b, 2), accept_rate=torch.full((b,), 0.5),
                       compression="bf16", costs=costs, gamma_max=4)
     policy.init_state(ctx)
 
@@ -321,7 +325,7 @@ def test_learned_at_batch_1_keeps_drafting_through_slow_drafted_steps():
     policy = LearnedPolicy(None, 4)
     ctx = StepContext(batch_size=1, context_len=torch.full((1,), 100), num_generated=torch.zeros(1),
                       max_new_tokens=torch.full((1,), 64), last_num_draft=torch.zeros(1),
-                      last_num_accepted=torch.zeros(1), accept_sums=torch.tensor([[1.0, 2.0]]),
+                      last_num_accepted=torch.zeros(1), accept_sums=torch.ones(1, 2), accept_rate=torch.full((1,), 0.5),
                       compression="bf16", costs=costs, gamma_max=4)
     policy.init_state(ctx)
     gammas = []
