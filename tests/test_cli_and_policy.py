@@ -112,15 +112,20 @@ def test_train_policy_refuses_telemetry_without_the_acceptance_history(tmp_path)
         train_policy.load_steps(tmp_path / "col")
 
 
-def history_context(b: int) -> StepContext:
-    return StepContext(batch_size=b, context_len=torch.zeros(b), num_generated=torch.zeros(b),
-                       max_new_tokens=torch.zeros(b), last_num_draft=torch.zeros(b), last_num_accepted=torch.zeros(b),
-                       accept_sums=torch.tensor([ACCEPT_PRIOR] * b),
-                       accept_rate=torch.zeros(b), compression="bf16", costs=None, gamma_max=8)
+def step_context(b: int, **fields) -> StepContext:
+    """A policy's view of a batch of ``b`` fresh rows (100-token contexts, 64 tokens to go, no history yet, bf16, no
+    costs), with ``fields`` overriding any of it."""
+    ctx = {"context_len": torch.full((b,), 100), "num_generated": torch.zeros(b),
+           "max_new_tokens": torch.full((b,), 64), "last_num_draft": torch.zeros(b),
+           "last_num_accepted": torch.zeros(b),
+           "accept_sums": torch.tensor([ACCEPT_PRIOR] * b),
+           "accept_rate": torch.full((b,), ACCEPT_PRIOR[0] / ACCEPT_PRIOR[1]),
+           "compression": "bf16", "costs": None, "gamma_max": 8}
+    return StepContext(batch_size=b, **{**ctx, **fields})
 
 
 def test_acceptance_history_counts_judged_positions():
-    ctx = history_context(3)
+    ctx = step_context(3)
     # γ 8 with 2 accepted: 3 judged; γ 2 with both accepted: 2 judged; a plain step leaves the sums as they were
     SpecEngine._update_history(ctx, torch.tensor([8, 2, 0]), torch.tensor([2, 2, 0]))
     d = ACCEPT_DECAY
@@ -137,7 +142,7 @@ def test_acceptance_history_does_not_depend_on_gamma():
     rows, steps, p = 4000, 40, 0.7
     rates = []
     for gamma in (8, 3, 1):
-        ctx = history_context(rows)
+        ctx = step_context(rows)
         for _ in range(steps):
             accepted = (torch.rand(rows, gamma, generator=gen) < p).long().cumprod(dim=1).sum(dim=1)
             SpecEngine._update_history(ctx, torch.full((rows,), gamma), accepted)
@@ -162,11 +167,8 @@ def test_learned_acceptance_matches_the_torch_mlp():
     mlp.std.uniform_(0.5, 2)
     policy = LearnedPolicy(mlp, 8)
     for b in (8, 1):  # a batch runs numpy, one row plain Python floats
-        ctx = StepContext(batch_size=b, context_len=torch.randint(10, 300, (b,)), num_generated=torch.zeros(b),
-                          max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                          last_num_accepted=torch.zeros(b),
-                          accept_sums=torch.ones(b, 2), accept_rate=torch.rand(b), compression="nf4",
-                          costs=None, gamma_max=8)
+        ctx = step_context(b, context_len=torch.randint(10, 300, (b,)), accept_sums=torch.ones(b, 2),
+                           accept_rate=torch.rand(b), compression="nf4")
         policy.budget(ctx)
         top1, ent = torch.rand(b), torch.rand(b) * 3
         for pos in (0, 3):
@@ -241,11 +243,7 @@ def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
     costs = CostModel([1, 8], [1, 2], [[40, 45], [70, 80]], [5, 30])  # a drafted column costs 40 ms at batch 8
 
     def context(b: int) -> StepContext:
-        ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
-                          max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                          last_num_accepted=torch.zeros(b),
-                          accept_sums=torch.ones(b, 2), accept_rate=torch.full((b,), 0.5),
-                          compression="bf16", costs=costs, gamma_max=4)
+        ctx = step_context(b, costs=costs, gamma_max=4)
         policy.init_state(ctx)
         assert int(policy.budget(ctx).max()) == 0  # a batch size not seen yet: measure a plain step first
         plain = costs.verify(b, 1)  # ... which the engine reports as it measured it
@@ -277,11 +275,8 @@ def test_learned_falls_back_to_plain_decoding_and_reprobes_with_backoff():
 
 def test_row_weights_favour_the_rows_the_batch_waits_for():
     b = 3
-    ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.tensor([30, 10, 20]),
-                      max_new_tokens=torch.tensor([40, 40, 40]), last_num_draft=torch.zeros(b),
-                      last_num_accepted=torch.zeros(b),
-                      accept_sums=torch.ones(b, 2), accept_rate=torch.full((b,), 0.5), compression="bf16",
-                      costs=None, gamma_max=4)
+    ctx = step_context(b, num_generated=torch.tensor([30, 10, 20]), max_new_tokens=torch.tensor([40, 40, 40]),
+                       gamma_max=4)
     # after 10 steps: 3, 1 and 2 tokens per step so far; steps left: 10/3, 30/1, 20/2 → relative to the longest
     np.testing.assert_allclose(LearnedPolicy.row_weights(ctx, 10), [10 / 3 / 30, 1.0, 1 / 3])
 
@@ -290,10 +285,7 @@ def test_learned_stops_drafting_where_drafted_steps_measure_slower_than_plain_on
     b = 4
     costs = CostModel([1, 4], [1, 2, 5], [[40, 42, 50], [50, 52, 60]], [3, 4])  # on paper drafting pays well
     policy = LearnedPolicy(None, 4)
-    ctx = StepContext(batch_size=b, context_len=torch.full((b,), 100), num_generated=torch.zeros(b),
-                      max_new_tokens=torch.full((b,), 64), last_num_draft=torch.zeros(b),
-                      last_num_accepted=torch.zeros(b), accept_sums=torch.ones(b, 2), accept_rate=torch.full((b,), 0.5),
-                      compression="bf16", costs=costs, gamma_max=4)
+    ctx = step_context(b, costs=costs, gamma_max=4)
     policy.init_state(ctx)
 
     def step(accepted: int, drafted_ms: float, plain_ms: float = 50.0, estimate: float = 0.9) -> int:
@@ -323,10 +315,7 @@ def test_learned_at_batch_1_keeps_drafting_through_slow_drafted_steps():
     """One row's steps swing from 1 to γ+1 tokens: its measured rate is no reason to stop (see _measured_pays)."""
     costs = CostModel([1, 4], [1, 2, 5], [[40, 42, 50], [50, 52, 60]], [3, 4])
     policy = LearnedPolicy(None, 4)
-    ctx = StepContext(batch_size=1, context_len=torch.full((1,), 100), num_generated=torch.zeros(1),
-                      max_new_tokens=torch.full((1,), 64), last_num_draft=torch.zeros(1),
-                      last_num_accepted=torch.zeros(1), accept_sums=torch.ones(1, 2), accept_rate=torch.full((1,), 0.5),
-                      compression="bf16", costs=costs, gamma_max=4)
+    ctx = step_context(1, costs=costs, gamma_max=4)
     policy.init_state(ctx)
     gammas = []
     for i in range(30):  # plain steps at first (estimate too low), then drafted ones that all come out slow
