@@ -108,7 +108,7 @@ class _Batch:
         self.temperature, self.top_k, self.top_p = (t[idx.to(t.device)] for t in (self.temperature, self.top_k, self.top_p))
         c = self.ctx
         for name in ("context_len", "num_generated", "max_new_tokens", "last_num_draft", "last_num_accepted",
-                     "accept_sums", "accept_rate"):
+                     "accept_sums"):
             setattr(c, name, getattr(c, name)[idx])
         c.state = {k: v[idx] for k, v in c.state.items()}
         c.batch_size = len(keep)
@@ -447,7 +447,6 @@ class SpecEngine:
             last_num_draft=torch.zeros(n, dtype=torch.long),
             last_num_accepted=torch.zeros(n, dtype=torch.long),
             accept_sums=torch.tensor([ACCEPT_PRIOR] * n),
-            accept_rate=torch.full((n,), ACCEPT_PRIOR[0] / ACCEPT_PRIOR[1]),
             compression=self.config.target.compression,
             costs=self.costs,
             gamma_max=self.gamma_max,
@@ -458,7 +457,6 @@ class SpecEngine:
         judged = torch.minimum(num_draft, num_accepted + 1)  # up to and including the first rejection
         step = torch.stack([num_accepted, judged], dim=1).float()
         ctx.accept_sums = torch.where((num_draft > 0)[:, None], ACCEPT_DECAY * ctx.accept_sums + step, ctx.accept_sums)
-        ctx.accept_rate = ctx.accept_sums[:, 0] / ctx.accept_sums[:, 1]  # once a step, not in every policy read
         ctx.last_num_draft, ctx.last_num_accepted = num_draft, num_accepted
 
     def _uniforms(self, batch: _Batch, counts: torch.Tensor, width: int, last_at_end: bool = False) -> torch.Tensor:

@@ -119,7 +119,6 @@ def step_context(b: int, **fields) -> StepContext:
            "max_new_tokens": torch.full((b,), 64), "last_num_draft": torch.zeros(b),
            "last_num_accepted": torch.zeros(b),
            "accept_sums": torch.tensor([ACCEPT_PRIOR] * b),
-           "accept_rate": torch.full((b,), ACCEPT_PRIOR[0] / ACCEPT_PRIOR[1]),
            "compression": "bf16", "costs": None, "gamma_max": 8}
     return StepContext(batch_size=b, **{**ctx, **fields})
 
@@ -132,7 +131,8 @@ def test_acceptance_history_counts_judged_positions():
     prior_a, prior_j = ACCEPT_PRIOR
     assert torch.allclose(ctx.accept_sums, torch.tensor([[d * prior_a + 2, d * prior_j + 3],
                                                          [d * prior_a + 2, d * prior_j + 2], [prior_a, prior_j]]))
-    assert torch.allclose(ctx.accept_rate, ctx.accept_sums[:, 0] / ctx.accept_sums[:, 1])
+    rates = [(d * prior_a + 2) / (d * prior_j + 3), (d * prior_a + 2) / (d * prior_j + 2), prior_a / prior_j]
+    assert torch.allclose(ctx.accept_rate, torch.tensor(rates))
 
 
 def test_acceptance_history_does_not_depend_on_gamma():
@@ -167,8 +167,8 @@ def test_learned_acceptance_matches_the_torch_mlp():
     mlp.std.uniform_(0.5, 2)
     policy = LearnedPolicy(mlp, 8)
     for b in (8, 1):  # a batch runs numpy, one row plain Python floats
-        ctx = step_context(b, context_len=torch.randint(10, 300, (b,)), accept_sums=torch.ones(b, 2),
-                           accept_rate=torch.rand(b), compression="nf4")
+        ctx = step_context(b, context_len=torch.randint(10, 300, (b,)), compression="nf4",
+                           accept_sums=torch.stack([torch.rand(b), torch.ones(b)], dim=1))  # random histories
         policy.budget(ctx)
         top1, ent = torch.rand(b), torch.rand(b) * 3
         for pos in (0, 3):

@@ -34,10 +34,8 @@ class StepContext:
     max_new_tokens: torch.Tensor  # [B] each request's limit
     last_num_draft: torch.Tensor  # [B] γ used in the previous step (0 before the first)
     last_num_accepted: torch.Tensor  # [B] accepted in the previous step
-    # [B, 2] discounted sums (accepted, judged) of draft positions over earlier steps, and [B] their ratio: the row's
-    # acceptance history (see speckv.engine.ACCEPT_DECAY)
+    # [B, 2] discounted sums (accepted, judged) of draft positions over earlier steps: see speckv.engine.ACCEPT_DECAY
     accept_sums: torch.Tensor
-    accept_rate: torch.Tensor
     compression: str  # target compression level: fp32 | bf16 | fp16 | int8 | nf4
     costs: CostModel | None  # measured draft/verify costs, when the policy asked for them
     gamma_max: int  # hard bound on γ for this engine
@@ -48,6 +46,10 @@ class StepContext:
     # the previous batched step as measured: draft forwards run, draft ms, verify ms, tokens per row verified, and
     # wall_ms, the whole step including bookkeeping
     last_step: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accept_rate(self) -> torch.Tensor:  # [B] the row's acceptance history: accepted ÷ judged, discounted
+        return self.accept_sums[:, 0] / self.accept_sums[:, 1]
 
 
 @runtime_checkable
