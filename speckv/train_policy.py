@@ -156,8 +156,11 @@ def auc(p: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: AcceptanceMLP | None = None,
-           gamma: int = 0) -> dict:
+           gamma: int = 0, hint: float = 0.0) -> dict:
     """Replay greedy steps under a policy; tokens per step and estimated tokens/s under ``costs``.
+
+    ``hint`` > 0 adds ±hint to the MLP's logit by the position's true outcome (accepted with its whole prefix or
+    not): a predictor better than any real one, to measure what a better predictor would buy (:func:`headroom`).
 
     At ``batch`` 1 every step stands alone. At a larger batch the steps that ran together (same ``batch_step_id``
     of the same actor) form one batched step: its time is set by its widest row (the most draft forwards, the most
@@ -185,8 +188,9 @@ def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: Acceptance
             if mlp is None:
                 a = arr["top1"][:, pos]
             else:
+                truth = torch.from_numpy(arr["reject_at"] > pos).float()
                 with torch.no_grad():
-                    a = torch.sigmoid(mlp(position_features(arr, pos, prefix_min))).numpy()
+                    a = torch.sigmoid(mlp(position_features(arr, pos, prefix_min)) + hint * (2 * truth - 1)).numpy()
             keep, more, p_all, expected = decide(a, p_all, expected, going, pos, step_costs, group)
             k += keep
             going = keep & more
@@ -226,6 +230,41 @@ def report(arr: dict, costs_by_level: dict[str, CostModel], mlp: AcceptanceMLP, 
     return out
 
 
+HINTS = (0.0, 0.5, 1.0, 2.0, 3.0)
+
+
+def headroom(arr: dict, costs_by_level: dict[str, CostModel], mlp: AcceptanceMLP) -> dict:
+    """What a better acceptance predictor would buy, at batch 1: the MLP given a growing hint of the truth
+    (``replay``'s ``hint``), its held-out AUC, and its share of the oracle's gain over fixed γ=4."""
+    out = {}
+    for level, costs in costs_by_level.items():
+        mask = arr["compression"] == level
+        if not mask.any():
+            continue
+        sub = {k: v[mask] for k, v in arr.items()}
+        x, y = samples(sub)
+        fixed4, oracle = (replay(sub, costs, 1, p, gamma=4)["tokens_per_s"] for p in ("fixed", "oracle"))
+        rows = []
+        for hint in HINTS:
+            with torch.no_grad():
+                p_hint = torch.sigmoid(mlp(x) + hint * (2 * y - 1))
+            tok_s = replay(sub, costs, 1, "learned", mlp, hint=hint)["tokens_per_s"]
+            rows.append({"hint": hint, "auc": auc(p_hint, y), "x_fixed4": tok_s / fixed4,
+                         "oracle_share": (tok_s - fixed4) / (oracle - fixed4) if oracle > fixed4 else float("nan")})
+        out[level] = {"oracle_x_fixed4": oracle / fixed4, "rows": rows}
+    return out
+
+
+def format_headroom(room: dict) -> str:
+    lines = ["| level | predictor | held-out AUC | est. × fixed4 | share of the oracle's gain |", "|---|---|---|---|---|"]
+    for level, r in room.items():
+        for row in r["rows"]:
+            name = "the MLP" if row["hint"] == 0 else f"MLP + truth hint {row['hint']:g}"
+            lines.append(f"| {level} | {name} | {row['auc']:.3f} | {row['x_fixed4']:.2f} | {row['oracle_share']:.0%} |")
+        lines.append(f"| {level} | oracle | 1 | {r['oracle_x_fixed4']:.2f} | 100% |")
+    return "\n".join(lines)
+
+
 def format_report(rep: dict) -> str:
     lines = ["| level/batch | policy | tokens/step | est. tokens/s | × ar | × fixed4 | mean γ |",
              "|---|---|---|---|---|---|---|"]
@@ -259,10 +298,11 @@ def run(args: argparse.Namespace) -> int:
     costs_dir = Path(args.costs) if args.costs else Path(args.telemetry) / "costs"
     costs = {p.stem: CostModel.from_json(p.read_text()) for p in sorted(costs_dir.glob("*.json"))}
     rep = report(arr_test, costs, mlp) if costs else {}
+    room = headroom(arr_test, costs, mlp) if costs else {}
     meta = {
         "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed,
         "telemetry": str(args.telemetry), "compressions": sorted(set(df["compression"])),
-        "metrics": metrics, "replay_report": rep, "train_seconds": round(time.perf_counter() - start, 1),
+        "metrics": metrics, "replay_report": rep, "headroom": room, "train_seconds": round(time.perf_counter() - start, 1),
         "command": "speckv train-policy " + " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "func"),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -270,5 +310,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(metrics, indent=2))
     if rep:
         print(format_report(rep))
+        print("\nWhat a better predictor would buy (batch 1; the hint adds ±h to the logit by the true outcome):")
+        print(format_headroom(room))
     print(f"saved {args.output} (+ .json) in {meta['train_seconds']} s")
     return 0

@@ -97,6 +97,11 @@ def test_train_policy_learns_acceptance_and_beats_fixed_in_replay(tmp_path):
     rep = meta["replay_report"]["bf16/batch1"]
     assert rep["learned"]["tokens_per_s"] >= rep["fixed4"]["tokens_per_s"]
     assert rep["oracle"]["tokens_per_s"] >= rep["learned"]["tokens_per_s"]
+    # the headroom sweep: a predictor told more of the truth ranks better and buys more, up to near the oracle
+    room = meta["headroom"]["bf16"]["rows"]
+    assert [r["auc"] for r in room] == sorted(r["auc"] for r in room) and room[-1]["auc"] > 0.99
+    assert room[0]["x_fixed4"] == pytest.approx(rep["learned"]["tokens_per_s"] / rep["fixed4"]["tokens_per_s"])
+    assert room[-1]["oracle_share"] > max(room[0]["oracle_share"], 0.5)
     policy = LearnedPolicy.load(tmp_path / "pol.safetensors", gamma_max=8)
     assert policy.mlp is not None
 
