@@ -27,8 +27,9 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="directory for telemetry/, outputs/ and costs/")
-    parser.add_argument("--prompts", nargs="+", default=[str(DATA / "train_prompts.jsonl")],
-                        help="prompt files (JSONL rows as for `speckv generate`); default: the training prompts")
+    parser.add_argument("--prompts", nargs="+", default=[str(DATA / "policy_prompts.jsonl")],
+                        help="prompt files (JSONL rows as for `speckv generate`); default: the selector's own prompts, "
+                             "on topics the embedded draft head never trained on")
     parser.add_argument("--compressions", default=None,
                         help="comma list of bf16, fp16, fp32, int8, nf4 (default: bf16,int8,nf4 on CPU; "
                              "fp16,int8,nf4 on CUDA)")

@@ -11,6 +11,10 @@ combinations ``train_prompts.jsonl`` left out, more arithmetic, and the continua
 more with ``"sample": true`` (a second, sampled answer to the same prompt). Drawn from its own random stream,
 so the other files do not change. ``train_resample.jsonl`` asks once more, sampled, for every code, continuation
 and dialogue prompt of both files (maths is the task the head already drafts best).
+
+``policy_prompts.jsonl`` is for the γ selector's telemetry (``speckv collect``): 36 prompts per task on topics of
+their own (neither the draft head's training data nor the benchmark's), so the selector learns how the draft does on
+prompts it was not trained on — as in use — and the benchmark stays held out from it too.
 """
 
 from __future__ import annotations
@@ -107,6 +111,39 @@ DIALOGUE_TEMPLATES = [
     "I'm a bit nervous about {topic}. What do you suggest?",
     "What are three tips for {topic}?",
     "My friend asked me about {topic} and I didn't know what to say. Can you help?",
+]
+
+# topics of the selector's prompts only (policy_prompts.jsonl)
+POLICY_CODE_TASKS = [
+    "counts the words in a file", "reverses the words of a sentence", "checks whether a number is an Armstrong number",
+    "returns the index of the minimum of a list", "converts hours and minutes to seconds", "pads a string to width n",
+    "computes the triangular number n", "checks whether a matrix is symmetric", "removes every even number from a list",
+    "returns the cube of each number in a list", "counts the uppercase letters in a string", "finds the median of three",
+    "converts kilometres to miles", "checks whether a list has a cycle of indices", "sums the diagonal of a matrix",
+    "returns every k-th element of a list", "joins a list of words with commas", "finds the first repeated character",
+    "interleaves two lists", "checks whether a string contains only digits", "computes a weighted average",
+    "returns the product of a list", "finds the longest run of equal elements", "swaps the keys and values of a dict",
+    "replaces the vowels of a string with stars", "computes the hypotenuse of a right triangle",
+    "checks whether a number is a perfect square", "computes the Collatz sequence of n", "groups words by length",
+    "counts the digits of an integer", "returns the last n lines of a file", "computes the range of a list",
+    "builds a multiplication table", "normalises a list of numbers to 0..1", "checks whether a date is a weekend",
+    "finds the smallest positive missing integer",
+]
+POLICY_STORY_SUBJECTS = [
+    "a lighthouse cat", "a nervous magician", "an old sailor", "a robot gardener", "a mapmaker", "a glassblower",
+    "a river ferryman", "a young firefighter", "a puppeteer", "a snow leopard", "a bookbinder", "a kite maker",
+]
+POLICY_ESSAY_TOPICS = [
+    "the history of tea", "solar eclipses", "honeybees in winter", "the invention of the telephone", "coral reefs",
+    "public transport", "the Great Wall of China", "paper making", "the Silk Road", "wind turbines",
+    "the history of maps", "glaciers",
+]
+POLICY_DIALOGUE_TOPICS = [
+    "learning to knit", "choosing running shoes", "staying focused in meetings", "starting to cook vegetarian meals",
+    "visiting a museum with kids", "learning to type faster", "keeping a budget for groceries", "repainting a room",
+    "getting into birdwatching", "preparing for a long flight", "writing a thank-you note", "learning to juggle",
+    "organising a bookshelf", "starting to play tennis", "caring for an old dog", "hosting a picnic",
+    "learning basic first aid", "planning a road trip",
 ]
 
 ITEMS = ["apples", "pencils", "notebooks", "tickets", "cookies", "books", "shirts", "bottles of water", "plants"]
@@ -230,6 +267,23 @@ def build_resample(rows: list[dict]) -> list[dict]:
     return [{"id": f"resample-{r['task']}-{i:04d}"} | r for i, r in enumerate(out)]
 
 
+def build_policy(seen: set[str]) -> list[dict]:
+    """36 prompts per task on topics of their own (asserted disjoint from every other file's prompts)."""
+    rng = random.Random(SEED + 3)
+    prompts = {
+        "code": [rng.choice(CODE_TEMPLATES).format(lang=rng.choice(CODE_LANGS), task=t) for t in POLICY_CODE_TASKS],
+        "continuation": [rng.choice(STORY_OPENINGS).format(subject=s) for s in POLICY_STORY_SUBJECTS]
+        + [t.format(topic=e, topic_cap=e[0].upper() + e[1:]) for e in POLICY_ESSAY_TOPICS
+           for t in rng.sample(ESSAY_TEMPLATES, 2)],
+        "dialogue": [t.format(topic=d) for d in POLICY_DIALOGUE_TOPICS for t in rng.sample(DIALOGUE_TEMPLATES, 2)],
+        "math": [m for m in math_prompts(rng, 80) if m not in seen][:36],
+    }
+    rows = [{"prompt": p, "task": task} for task, ps in prompts.items() for p in ps]
+    assert all(len(ps) == 36 for ps in prompts.values()) and not {r["prompt"] for r in rows} & seen
+    rng.shuffle(rows)
+    return [{"id": f"policy-{r['task']}-{i:03d}"} | r for i, r in enumerate(rows)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
@@ -251,8 +305,10 @@ def main() -> None:
     write_jsonl(HERE / "train_extra.jsonl", extra)
     resample = build_resample(train_rows + extra)
     write_jsonl(HERE / "train_resample.jsonl", resample)
+    policy = build_policy({r["prompt"] for r in train_rows + extra + mix})
+    write_jsonl(HERE / "policy_prompts.jsonl", policy)
     print(f"train: {len(train_rows)} prompts " + str({t: len(p) for t, p in train.items()})
-          + f"; extra: {len(extra)}; resample: {len(resample)}; bench: {len(mix)}")
+          + f"; extra: {len(extra)}; resample: {len(resample)}; bench: {len(mix)}; policy: {len(policy)}")
 
 
 if __name__ == "__main__":
