@@ -351,9 +351,9 @@ class LearnedPolicy:
         self._drafting, self._weight = True, weight
         if n == 1:
             self._p_all, self._expected, self._live, self._prefix_min = 1.0, 1.0, True, 1.0
-            if self.fast is not None:
-                self._base_one = self.fast.step_base_one(ctx.accept_rate.item(), ctx.context_len.item(),
-                                                         ctx.compression)
+            if self.fast is not None:  # plain floats: two tensor calls, not the rate property's four
+                (accepted, judged), = ctx.accept_sums.tolist()
+                self._base_one = self.fast.step_base_one(accepted / judged, ctx.context_len.item(), ctx.compression)
         else:
             self._p_all, self._expected, self._live = np.ones(n), np.ones(n), np.ones(n, bool)
             self._weight_sum = float(weight.sum())  # summed here: observe() runs right after a forward
