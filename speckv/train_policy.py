@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         "test_steps": int(held.sum()), "test_prompts": int(df[held]["request_id"].nunique()),
         "test_log_loss": log_loss(p_test, yt), "test_auc": auc(p_test, yt),
         "top1_proxy_log_loss": log_loss(xt[:, top1_col], yt), "top1_proxy_auc": auc(xt[:, top1_col], yt),
-        "test_accept_rate": float(yt.mean()),
+        "test_accept_rate": float(yt.mean()), "test_mean_prediction": float(p_test.mean()),  # calibration at a glance
     }
     costs_dir = Path(args.costs) if args.costs else Path(args.telemetry) / "costs"
     costs = {p.stem: CostModel.from_json(p.read_text()) for p in sorted(costs_dir.glob("*.json"))}
