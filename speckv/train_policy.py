@@ -256,7 +256,8 @@ def headroom(arr: dict, costs_by_level: dict[str, CostModel], mlp: AcceptanceMLP
 
 
 def format_headroom(room: dict) -> str:
-    lines = ["| level | predictor | held-out AUC | est. × fixed4 | share of the oracle's gain |", "|---|---|---|---|---|"]
+    lines = ["| level | predictor | held-out AUC | est. × fixed4 | share of the oracle's gain |",
+             "|---|---|---|---|---|"]
     for level, r in room.items():
         for row in r["rows"]:
             name = "the MLP" if row["hint"] == 0 else f"MLP + truth hint {row['hint']:g}"
@@ -302,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed,
         "telemetry": str(args.telemetry), "compressions": sorted(set(df["compression"])),
-        "metrics": metrics, "replay_report": rep, "headroom": room, "train_seconds": round(time.perf_counter() - start, 1),
+        "metrics": metrics, "replay_report": rep, "headroom": room,
+        "train_seconds": round(time.perf_counter() - start, 1),
         "command": "speckv train-policy " + " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "func"),
         "date": time.strftime("%Y-%m-%d"),
     }
