@@ -214,13 +214,17 @@ def replay(arr: dict, costs: CostModel, batch: int, policy: str, mlp: Acceptance
     }
 
 
-def report(arr: dict, costs_by_level: dict[str, CostModel], mlp: AcceptanceMLP, batches=(1, 8)) -> dict:
-    out = {}
+def by_level(arr: dict, costs_by_level: dict[str, CostModel]):
+    """(level, its costs, the steps of that level) for every level with costs that the steps hold."""
     for level, costs in costs_by_level.items():
         mask = arr["compression"] == level
-        if not mask.any():
-            continue
-        sub = {k: v[mask] for k, v in arr.items()}
+        if mask.any():
+            yield level, costs, {k: v[mask] for k, v in arr.items()}
+
+
+def report(arr: dict, costs_by_level: dict[str, CostModel], mlp: AcceptanceMLP, batches=(1, 8)) -> dict:
+    out = {}
+    for level, costs, sub in by_level(arr, costs_by_level):
         for b in batches:
             rows = {f"fixed{gm}": replay(sub, costs, b, "fixed", gamma=gm) for gm in FIXED_GAMMAS}
             rows["learned"] = replay(sub, costs, b, "learned", mlp)
@@ -237,11 +241,7 @@ def headroom(arr: dict, costs_by_level: dict[str, CostModel], mlp: AcceptanceMLP
     """What a better acceptance predictor would buy, at batch 1: the MLP given a growing hint of the truth
     (``replay``'s ``hint``), its held-out AUC, and its share of the oracle's gain over fixed γ=4."""
     out = {}
-    for level, costs in costs_by_level.items():
-        mask = arr["compression"] == level
-        if not mask.any():
-            continue
-        sub = {k: v[mask] for k, v in arr.items()}
+    for level, costs, sub in by_level(arr, costs_by_level):
         x, y = samples(sub)
         fixed4, oracle = (replay(sub, costs, 1, p, gamma=4)["tokens_per_s"] for p in ("fixed", "oracle"))
         rows = []

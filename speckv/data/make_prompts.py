@@ -175,6 +175,10 @@ def math_prompts(rng: random.Random, count: int) -> list[str]:
     return out
 
 
+def essay(topic: str, template: str) -> str:
+    return template.format(topic=topic, topic_cap=topic[0].upper() + topic[1:])
+
+
 def split_topics(rng: random.Random, topics: list[str], num_bench: int) -> tuple[list[str], list[str]]:
     topics = topics[:]
     rng.shuffle(topics)
@@ -196,9 +200,6 @@ def build(rng: random.Random) -> tuple[dict[str, list[str]], dict[str, list[str]
 
     def story(subject: str, template: str) -> str:
         return template.format(subject=subject)
-
-    def essay(topic: str, template: str) -> str:
-        return template.format(topic=topic, topic_cap=topic[0].upper() + topic[1:])
 
     train["continuation"] = ([story(s, t) for s in subj_train for t in rng.sample(STORY_OPENINGS, 2)]
                              + [essay(e, t) for e in essay_train for t in rng.sample(ESSAY_TEMPLATES, 2)])
@@ -242,7 +243,7 @@ def build_extra(train: dict[str, list[str]], bench: dict[str, list[str]]) -> lis
             add("continuation", template.format(subject=subject))
     for topic in (t for t in ESSAY_TOPICS if t not in bench_text):
         for template in ESSAY_TEMPLATES:
-            add("continuation", template.format(topic=topic, topic_cap=topic[0].upper() + topic[1:]))
+            add("continuation", essay(topic, template))
     bench_dialogue = " ".join(bench["dialogue"])
     for topic in (t for t in DIALOGUE_TOPICS if t not in bench_dialogue):
         for template in DIALOGUE_TEMPLATES:
@@ -274,8 +275,7 @@ def build_policy(seen: set[str]) -> list[dict]:
     prompts = {
         "code": [rng.choice(CODE_TEMPLATES).format(lang=rng.choice(CODE_LANGS), task=t) for t in POLICY_CODE_TASKS],
         "continuation": [rng.choice(STORY_OPENINGS).format(subject=s) for s in POLICY_STORY_SUBJECTS]
-        + [t.format(topic=e, topic_cap=e[0].upper() + e[1:]) for e in POLICY_ESSAY_TOPICS
-           for t in rng.sample(ESSAY_TEMPLATES, 2)],
+        + [essay(e, t) for e in POLICY_ESSAY_TOPICS for t in rng.sample(ESSAY_TEMPLATES, 2)],
         "dialogue": [t.format(topic=d) for d in POLICY_DIALOGUE_TOPICS for t in rng.sample(DIALOGUE_TEMPLATES, 2)],
         "math": [m for m in math_prompts(rng, 80) if m not in seen][:36],
     }
