@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
-
+# The suite leaves nothing in the user's home: Ray writes ~/.ray (an auth token that turns token authentication on
+# for every later `ray job submit`), speckv and Hugging Face write ~/.cache. All of it goes to a temporary home,
+# set before anything imports Ray; caches a caller points elsewhere on purpose (SPECKV_CACHE, HF_HOME: CI's fresh
+# directories, or a developer's reused test cache) are kept.
+_HOME = tempfile.mkdtemp(prefix="speckv-test-home-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+os.environ["HOME"] = _HOME
+for _var, _sub in (("SPECKV_CACHE", "speckv"), ("HF_HOME", "hf"), ("XDG_CACHE_HOME", "")):
+    os.environ.setdefault(_var, os.path.join(_HOME, ".cache", _sub))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402 — after the environment above
+import torch  # noqa: E402
 # tiny models gain nothing from threads, and tests share 2 cores with Ray workers: spinning OpenMP threads that
 # wait on each other cost far more than they give
 torch.set_num_threads(1)

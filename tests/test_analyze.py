@@ -98,9 +98,9 @@ def assert_readable_everywhere(telemetry_dir: Path, expected_rows: int) -> None:
     ((n, emitted),) = duckdb.sql(query).fetchall()
     assert n == expected_rows and emitted > 0
     # list columns come through as lists too
-    query = f"select max(len(draft_accept)) from read_parquet('{telemetry_dir}/*.parquet')"
-    ((longest,),) = duckdb.sql(query).fetchall()
-    assert longest >= 0
+    query = f"select max(len(draft_accept)), max(num_draft_tokens) from read_parquet('{telemetry_dir}/*.parquet')"
+    ((longest, most_drafted),) = duckdb.sql(query).fetchall()
+    assert longest == most_drafted  # one accept flag per drafted position, read back through duckdb
 
 
 # ------------------------------------------------------------------------------------------ oracle: exact cases

@@ -24,6 +24,7 @@ def generate_with_parity(engine: SpecEngine, target, max_new_tokens: int) -> tup
             ref = target.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                   max_new_tokens=max_new_tokens, do_sample=False)[0, len(ids):].tolist()
         assert res.token_ids == ref, (engine.config.policy.name, req.prompt)
+        assert {s["drafter"] for s in res.steps} == {engine.drafter.kind}  # telemetry names the draft that ran
     return (sum(r.summary["num_draft_tokens"] for r in results), sum(r.summary["num_accepted_tokens"] for r in results))
 
 

@@ -35,5 +35,7 @@ def test_embedded_pair_runs_on_cuda(quantization):
     engine = SpecEngine(EngineConfig(target=spec, policy=PolicySpec(name="fixed", gamma=4)))
     res = engine.generate([GenerationRequest(id="a", prompt="Write a function that adds two numbers.",
                                              sampling=SamplingParams(max_new_tokens=32))])[0]
-    assert res.status == "ok" and len(res.token_ids) > 0
-    assert res.summary["mean_acceptance_length"] >= 1.0
+    assert res.status == "ok" and (len(res.token_ids) == 32 or res.finish_reason == "stop")
+    assert {s["device"] for s in res.steps} == {"cuda"}
+    # the shipped head is a real draft on CUDA too: the target keeps a good share of what it drafts
+    assert res.summary["num_draft_tokens"] > 0 and res.summary["draft_acceptance_rate"] > 0.2

@@ -119,7 +119,10 @@ def test_completion_matches_engine_and_reports_usage_and_spec_metrics(client, re
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
     spec = resp.model_extra["metrics"]["speculative_decoding"]
     assert spec["num_draft_tokens"] > 0 and 0 <= spec["num_accepted_tokens"] <= spec["num_draft_tokens"]
-    assert spec["mean_acceptance_length"] >= 1.0
+    steps = spec["num_spec_steps"]
+    assert steps > 0 and spec["mean_acceptance_length"] == pytest.approx((spec["num_accepted_tokens"] + steps) / steps)
+    # every generated token is the prefill's first one or came out of a verify step
+    assert resp.usage.completion_tokens <= 1 + spec["num_accepted_tokens"] + steps
 
 
 def test_chat_greedy_matches_speckv_generate_cli(client, tiny_pair_dirs, tmp_path):
@@ -193,8 +196,11 @@ def test_32_concurrent_requests_are_batched_and_all_correct(client, reference, t
 
 
 def test_sampling_with_seed_is_reproducible(client):
-    kwargs = dict(model=MODEL, prompt=PROMPTS[3], max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.9, seed=7)
-    assert client.completions.create(**kwargs).choices[0].text == client.completions.create(**kwargs).choices[0].text
+    kwargs = dict(model=MODEL, prompt=PROMPTS[3], max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.9)
+    texts = [client.completions.create(**kwargs, seed=seed).choices[0].text for seed in (7, 7, 8, 9, 10)]
+    assert texts[0] == texts[1]  # the same seed, the same text
+    greedy = client.completions.create(**{**kwargs, "temperature": 0}).choices[0].text
+    assert len(set(texts[1:] + [greedy])) > 2  # other seeds sample other texts: the sampling parameters were used
 
 
 @pytest.mark.parametrize("body, status", [

@@ -80,6 +80,7 @@ class EagleDrafter:
     """Implements :class:`speckv.drafters.base.Drafter` with an :class:`EagleHead` and a :class:`RaggedCache`."""
 
     needs_target_hidden = True
+    kind = "eagle"
 
     def __init__(self, head: EagleHead, target_model: nn.Module, device: torch.device,
                  draft_vocab: int | None = None, metadata: dict | None = None, int8_weights: bool = False) -> None:
