@@ -51,18 +51,33 @@ def to_probs(
 
 
 def sample(
-    probs: torch.Tensor,  # [B, V] (rows need not be normalised)
-    uniforms: torch.Tensor,  # [B] in [0, 1)
-) -> torch.Tensor:  # [B] token ids
-    """Inverse-CDF sampling: the randomness is a per-row uniform, so each row's draws depend on its own seed only."""
-    cdf = torch.cumsum(probs, dim=-1)
-    target = uniforms.to(cdf.dtype) * cdf[:, -1]
-    token = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
-    return token.clamp(max=probs.shape[-1] - 1)
+    probs: torch.Tensor,  # [B, V] ≥ 0, any float dtype; rows need not be normalised but must have positive mass
+    uniforms: torch.Tensor,  # [B] in [0, 1), any float dtype
+) -> torch.Tensor:  # [B] token ids, each with positive mass in its row
+    """Inverse-CDF sampling: the randomness is a per-row uniform, so each row's draws depend on its own seed only.
+
+    The token is the first id whose cumulative mass exceeds u·total. The CDF and u·total are computed in float64,
+    where every float16/bfloat16/float32/float64 value is exact and u < 1 keeps u·total below the total (a cast of
+    u to float32 would round 1 − 1e-9 up to 1.0 and run past the CDF). Whatever rounding still does (a parallel
+    cumsum need not be monotone to the last ulp) the result stays in the support: an id with zero mass moves to the
+    next id with positive mass, and nothing goes past the row's last id with positive mass.
+    """
+    batch, vocab = probs.shape
+    assert uniforms.shape == (batch,)
+    weights = probs.double()
+    cdf = torch.cumsum(weights, dim=-1)
+    target = uniforms.double()[:, None] * cdf[:, -1:]
+    token = torch.searchsorted(cdf, target, right=True).clamp(max=vocab - 1)  # [B, 1]
+    ids = torch.arange(vocab, device=probs.device)
+    positive = weights > 0
+    # following[b, i]: the first id ≥ i with positive mass (vocab if none); last[b]: the last id with positive mass
+    following = torch.where(positive, ids, vocab).flip(-1).cummin(dim=-1).values.flip(-1)
+    last = torch.where(positive, ids, -1).amax(dim=-1)
+    return torch.minimum(following.gather(1, token).squeeze(1), last).clamp(min=0)
 
 
 def verify(
-    draft_tokens: torch.Tensor,  # [B, K] proposed tokens (padding past num_draft)
+    draft_tokens: torch.Tensor,  # [B, K] proposed tokens; columns at or past num_draft are padding: any id, −1 too
     num_draft: torch.Tensor,  # [B] real proposals per row, 0..K
     q: torch.Tensor,  # [B, K, V] draft distributions the proposals were sampled from
     p: torch.Tensor,  # [B, K+1, V] target distributions at the K+1 verified positions
@@ -72,15 +87,21 @@ def verify(
 
     Returns the accepted-prefix length, the recovered/bonus token, and each position's own accept test (only the
     prefix up to the first failure affects the output; the rest is kept for telemetry).
+
+    Padding (columns at or past ``num_draft[b]`` of ``draft_tokens``, ``q`` and the accept draws, and ``p`` past
+    ``num_draft[b]``) never affects the result: the tokens may hold any id (−1 is vLLM's placeholder) and the
+    distributions anything, NaN included.
     """
     batch, k = draft_tokens.shape
     assert num_draft.shape == (batch,) and q.shape[:2] == (batch, k) and p.shape[:2] == (batch, k + 1)
     assert uniforms.shape == (batch, k + 1)
     rows = torch.arange(batch, device=p.device)
-    p_draft = p[:, :k].gather(-1, draft_tokens[..., None]).squeeze(-1)  # [B, K] p(x) of each proposal
-    q_draft = q.gather(-1, draft_tokens[..., None]).squeeze(-1)  # [B, K] q(x)
+    real = torch.arange(k, device=p.device) < num_draft[:, None]  # [B, K]
+    tokens = torch.where(real, draft_tokens, 0)  # padding may be −1 (or any id): read a valid one, masked below
+    p_draft = p[:, :k].gather(-1, tokens[..., None]).squeeze(-1)  # [B, K] p(x) of each proposal
+    q_draft = q.gather(-1, tokens[..., None]).squeeze(-1)  # [B, K] q(x)
     # accept x with probability min(1, p(x)/q(x))  ⇔  u·q(x) < p(x)
-    accept = (uniforms[:, :k] * q_draft < p_draft) & (torch.arange(k, device=p.device) < num_draft[:, None])
+    accept = (uniforms[:, :k] * q_draft < p_draft) & real
     num_accepted = torch.cumprod(accept.long(), dim=1).sum(dim=1)  # length of the accepted prefix
     # final token: recovered from norm(max(0, p − q)) after a rejection, bonus from p when all were accepted
     p_next = p[rows, num_accepted]  # [B, V]
@@ -94,7 +115,7 @@ def verify(
 
 
 def verify_greedy(
-    draft_tokens: torch.Tensor,  # [B, K] proposed tokens (padding past num_draft)
+    draft_tokens: torch.Tensor,  # [B, K] proposed tokens; columns at or past num_draft are padding: any id, −1 too
     num_draft: torch.Tensor,  # [B] real proposals per row, 0..K
     target_tokens: torch.Tensor,  # [B, K+1] the target's argmax at the K+1 verified positions
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # num_accepted [B], next_token [B], accept [B, K]
