@@ -21,18 +21,20 @@ from speckv.config import (
 )
 
 POLICY_HELP = (
-    "γ-policy: ar (no speculation), fixed (--gamma N), heuristic (HF's +2/−1 schedule), confidence (stop under "
-    "draft top-1 p), entropy (stop over draft entropy), ema (SGLang-style EMA of accepted length), learned (MLP "
-    "acceptance model + measured costs; without trained weights it falls back to the draft's top-1 probability as "
-    "the acceptance estimate). Default: learned"
+    "budget policy: ar (no speculation), fixed (--gamma N nodes: a chain, or a tree with --tree-topk > 1), heuristic "
+    "(HF's +2/−1 schedule), confidence (stop under draft top-1 p), entropy (stop over draft entropy), ema "
+    "(SGLang-style EMA of accepted length), learned (MLP acceptance model + measured costs; without trained weights "
+    "it falls back to the draft's probabilities as the acceptance estimate). Default: learned"
 )
 
 #: subcommands implemented in their own modules: name -> (module, help)
 SUBCOMMANDS = {
     "distill": ("speckv.distill", "train a draft for the target by distillation on its own answers"),
     "collect": ("speckv.collect", "collect replayable step telemetry and measured costs for the selector"),
-    "train-policy": ("speckv.train_policy", "train the learned γ selector from telemetry Parquet"),
+    "train-policy": ("speckv.train_policy", "train the learned selector from telemetry Parquet"),
     "bench": ("speckv.bench", "side-by-side benchmark of policies (and HF assisted generation)"),
+    "bench-serve": ("speckv.bench.serve", "the Serve app under open-loop streaming load (against a baseline checkout)"),
+    "bench-job": ("speckv.bench.job", "one batch-job actor's throughput, continuous against static batching"),
     "analyze": ("speckv.analyze", "report with plots from telemetry Parquet"),
 }
 
@@ -42,19 +44,28 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument("--target", default=EMBEDDED, help="target: hub id, local dir, .gguf file, or 'embedded'")
     g.add_argument("--draft", default=EMBEDDED, help="draft weights: hub id, local dir, .gguf, or 'embedded'")
-    g.add_argument("--draft-kind", choices=["eagle", "lm"], default="eagle",
-                   help="eagle: feature head over the target's hidden states; lm: independent draft LM")
-    g.add_argument("--no-draft-int8", dest="draft_int8", action="store_false",
-                   help="keep the EAGLE head's weights in the target's dtype on CPU (default: int8 weight-only)")
-    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
+    g.add_argument("--draft-kind", choices=["eagle", "lm", "lookup"], default="eagle",
+                   help="eagle: feature head over the target's hidden states; lm: independent draft LM; lookup: "
+                        "prompt lookup only")
+    g.add_argument("--no-lookup", dest="lookup", action="store_false",
+                   help="no prompt-lookup candidates beside the head's (default: both, the policy weighs them)")
+    g.add_argument("--draft-int8", choices=["auto", "on", "off"], default="auto",
+                   help="EAGLE head with int8 weights on CPU: auto measures which drafts faster here (default)")
+    g.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="target compute dtype; auto: the fastest on this machine, measured once (default)")
     g.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
                    help="bitsandbytes quantization of the target")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--policy", choices=POLICY_NAMES, default="learned", help=POLICY_HELP)
     g.add_argument("--gamma", type=int, default=4, help=f"γ for 'fixed' (1..{GAMMA_LIMIT})")
-    g.add_argument("--gamma-max", type=int, default=8, help="upper bound for adaptive policies")
+    g.add_argument("--gamma-max", type=int, default=8, help="most nodes a row verifies per step (adaptive policies)")
+    g.add_argument("--tree-topk", type=int, default=1, help="children per expanded draft node (1 = chains)")
+    g.add_argument("--tree-depth", type=int, default=None, help="deepest draft level (default: gamma / gamma-max)")
     g.add_argument("--policy-path", default=None, help="weights for 'learned' (default: the shipped selector)")
-    g.add_argument("--batch-size", type=int, default=8, help="requests decoded together")
+    g.add_argument("--batch-size", type=int, default=8, help="most requests decoded together (the batch stays this "
+                   "full while requests wait)")
+    g.add_argument("--scheduling", choices=["continuous", "static"], default="continuous",
+                   help="continuous batching (default) or static batches run to their last row (for comparison)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s = parser.add_argument_group("sampling defaults (an input row's own fields win)")
     s.add_argument("--max-new-tokens", type=int, default=128)
@@ -67,10 +78,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         target=ModelSpec(source=args.target, dtype=args.dtype, quantization=args.quantization, device=args.device),
-        draft=DraftSpec(kind=args.draft_kind, source=args.draft, int8_weights=args.draft_int8),
+        draft=DraftSpec(kind=args.draft_kind, source=args.draft, lookup=args.lookup,
+                        int8_weights={"auto": None, "on": True, "off": False}[args.draft_int8]),
         policy=PolicySpec(name=args.policy, gamma=args.gamma, gamma_max=max(args.gamma_max, args.gamma),
-                          path=args.policy_path),
+                          tree_topk=args.tree_topk, tree_depth=args.tree_depth, path=args.policy_path),
         max_batch_size=args.batch_size,
+        scheduling=args.scheduling,
         threads=args.threads,
     )
 
@@ -84,21 +97,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from speckv.engine import SpecEngine
-    from speckv.io import InputError, error_row, parse_row, read_input_lines, row_id, write_parquet
+    from speckv.io import load_requests, write_parts
+    from speckv.report import machine_record, summary_lines
 
     config = engine_config(args)  # validates before any model is loaded
-    defaults = sampling_defaults(args)
-    lines = list(read_input_lines(args.input))
+    requests, errors = load_requests(args.input, sampling_defaults(args))
     engine = SpecEngine(config)
-    requests, errors = [], []
-    for line_no, raw in lines:
-        try:
-            requests.append(parse_row(raw, line_no, defaults))
-        except InputError as exc:
-            errors.append(error_row(row_id(raw, line_no), str(exc), policy=args.policy, actor_id=engine.actor_id))
     out = Path(args.output)
     start, tokens = time.perf_counter(), 0
-    bar = tqdm(total=len(lines), unit="req", desc="generate", disable=None)  # None: only on a terminal
+    bar = tqdm(total=len(requests) + len(errors), unit="req", desc="generate", disable=None)  # None: terminals only
     bar.update(len(errors))
 
     def progress(done: int, new_tokens: int) -> None:
@@ -107,20 +114,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar.update(done)
         bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.1f}")
 
-    chunk = args.batch_size * 4
-    n_ok = 0
-    for i in range(0, len(requests), chunk):
-        results = engine.generate(requests[i : i + chunk], progress)
-        rows = [r.output_row() for r in results]
-        steps = [s for r in results for s in r.steps]
-        n_ok += sum(r["status"] == "ok" for r in rows)
-        write_parquet(rows, steps, out, name=f"part-{i // chunk:05d}")
-    if errors or not requests:
-        write_parquet(errors, [], out, name="part-errors")
+    results = engine.generate(requests, progress)
     bar.close()
+    write_parts([*results, *errors], out, name="part-00000", machine=machine_record(engine))
     wall = time.perf_counter() - start
-    print(f"{n_ok} ok, {len(lines) - n_ok} error rows; {tokens} tokens in {wall:.1f} s "
+    n_ok = sum(r.status == "ok" for r in results)
+    steps = [s["num_draft_tokens"] for r in results for s in r.steps]
+    print(f"{n_ok} ok, {len(results) + len(errors) - n_ok} error rows; {tokens} tokens in {wall:.1f} s "
           f"({tokens / max(wall, 1e-9):.1f} tok/s) -> {out}/outputs, {out}/telemetry", file=sys.stderr)
+    for line in summary_lines(machine_record(engine), sum(steps) / len(steps) if steps else None):
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -14,12 +14,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Dtype = Literal["fp32", "bf16", "fp16"]
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]
 Quantization = Literal["none", "int8", "nf4"]
 Device = Literal["auto", "cpu", "cuda"]
 
-#: The largest speculation length any policy may choose (the issue caps γ_max at 16).
-GAMMA_LIMIT = 16
+#: The most candidate nodes any policy may verify per row and step.
+GAMMA_LIMIT = 32
 
 #: Name used for the embedded default target and draft (resolved in :mod:`speckv.models`).
 EMBEDDED = "embedded"
@@ -35,7 +35,8 @@ class ModelSpec(_Strict):
     """A causal LM: Hugging Face hub id, local directory, GGUF file, or ``embedded``."""
 
     source: str = Field(EMBEDDED, description="hub id, local dir, path to a .gguf file, or 'embedded'")
-    dtype: Dtype = Field("bf16", description="compute dtype of the weights that are not quantized")
+    dtype: Dtype = Field("auto", description="compute dtype of the weights that are not quantized; 'auto': the "
+                         "fastest here, measured once per machine (speckv.hardware)")
     quantization: Quantization = Field("none", description="bitsandbytes weight quantization")
     device: Device = Field("auto", description="'auto' picks cuda when available, else cpu")
     gguf_file: str | None = Field(None, description="GGUF file name inside `source` when source is a dir/hub id")
@@ -43,25 +44,39 @@ class ModelSpec(_Strict):
     @property
     def compression(self) -> str:
         """Compression level as the policies see it: the dtype, or the quantization when there is one."""
+        if self.dtype == "auto" and self.quantization == "none":
+            raise ValueError("dtype 'auto' is resolved when the model loads; ask the loaded engine's spec")
         return self.dtype if self.quantization == "none" else self.quantization
 
 
 class DraftSpec(_Strict):
-    """The drafter: an independent small LM (``lm``) or a head over the target's features (``eagle``)."""
+    """The drafters: a head over the target's features (``eagle``), an independent small LM (``lm``), or none but
+    prompt lookup (``lookup``); ``lookup`` adds the free prompt-lookup branch to the head's candidates."""
 
-    kind: Literal["lm", "eagle"] = Field("eagle", description="drafter kind")
+    kind: Literal["lm", "eagle", "lookup"] = Field("eagle", description="drafter kind")
     source: str = Field(EMBEDDED, description="draft weights: hub id, local dir, GGUF, or 'embedded'")
     dtype: Dtype | None = Field(None, description="defaults to the target's dtype")
-    int8_weights: bool = Field(True, description="on CPU, the EAGLE head reads int8 weights (its layer and its LM-head "
-                               "slice, per-row scales): half the bytes per drafted token; verification is unchanged")
+    int8_weights: bool | None = Field(None, description="on CPU, the EAGLE head reads int8 weights (its layer and its "
+                                      "LM-head slice, per-row scales; verification is unchanged); None: where it "
+                                      "drafts faster here, measured once per machine")
+    lookup: bool = Field(True, description="add prompt-lookup candidates (longest suffix match in the row's prompt "
+                         "and output) to the head's; the policy decides how many to verify")
+    lookup_max_ngram: int = Field(4, ge=1, le=16, description="lookup: longest suffix matched")
+    lookup_min_ngram: int = Field(2, ge=1, le=16, description="lookup: shortest suffix matched")
+    lookup_tokens: int = Field(8, ge=1, le=32, description="lookup: continuation length proposed")
 
 
 class PolicySpec(_Strict):
-    """How γ (the number of drafted tokens) is chosen, per sequence and per step."""
+    """How much speculation each row verifies, per step: γ drafted tokens of a chain, or a tree of γ nodes."""
 
     name: Literal["ar", "fixed", "heuristic", "confidence", "entropy", "ema", "learned"] = "learned"
-    gamma: int = Field(4, ge=0, le=GAMMA_LIMIT, description="γ for 'fixed'; initial γ for adaptive ones")
-    gamma_max: int = Field(8, ge=1, le=GAMMA_LIMIT, description="upper bound on γ for adaptive policies")
+    gamma: int = Field(4, ge=0, le=GAMMA_LIMIT, description="nodes per step for 'fixed' (a chain: γ); initial γ for "
+                       "adaptive chains")
+    gamma_max: int = Field(8, ge=1, le=GAMMA_LIMIT, description="most nodes a row may verify in a step (adaptive)")
+    tree_topk: int = Field(1, ge=1, le=8, description="children per expanded node (1 = a chain); 'fixed' and "
+                           "'learned'")
+    tree_depth: int | None = Field(None, ge=1, le=16, description="deepest draft level; default γ for "
+                                   "'fixed', gamma_max for 'learned'")
     confidence_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="'confidence': stop under this top-1 p")
     entropy_threshold: float = Field(2.0, gt=0.0, description="'entropy': stop above this draft entropy (nats)")
     ema_alpha: float = Field(0.5, gt=0.0, le=1.0, description="'ema': weight of the newest accepted length")
@@ -75,12 +90,17 @@ class PolicySpec(_Strict):
 
     @property
     def max_gamma(self) -> int:
-        """The largest γ this policy can ask for (sizes buffers)."""
+        """The most nodes this policy can ask for in a step."""
         if self.name == "ar":
             return 0
         if self.name == "fixed":
             return self.gamma
         return max(self.gamma_max, self.gamma)
+
+    @property
+    def depth(self) -> int:
+        """The deepest draft level this policy asks for."""
+        return min(self.tree_depth or self.max_gamma, self.max_gamma)
 
 
 class SamplingParams(_Strict):
@@ -147,6 +167,12 @@ class EngineConfig(_Strict):
     target: ModelSpec = Field(default_factory=ModelSpec)
     draft: DraftSpec = Field(default_factory=DraftSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
-    max_batch_size: int = Field(8, ge=1, le=256, description="requests decoded together")
+    max_batch_size: int = Field(8, ge=1, le=256, description="most requests decoded together (vLLM's max_num_seqs); "
+                                "waiting requests join the running batch as others finish")
+    max_prefill_tokens: int = Field(4096, ge=16, description="prompt tokens admitted per engine step at most (a "
+                                    "request longer than this is admitted alone)")
+    scheduling: Literal["continuous", "static"] = Field("continuous", description="continuous: requests join the "
+                                                        "running batch every step; static: a batch runs to its last "
+                                                        "row before the next starts (for comparison)")
     max_context: int | None = Field(None, ge=16, description="prompt + new tokens bound; default model's")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default leaves torch's choice")

@@ -1,23 +1,50 @@
-"""Measured costs: verify time as a function of (batch size, tokens per row), draft time per drafted token.
+"""The one cost model: verify time by (batch size, tokens per row), draft time per draft forward by batch size.
 
-Policies that trade acceptance against time read a :class:`CostModel`. It is measured, never assumed: on CPU
-verifying 8 tokens costs ~1.3× one token, on a GPU nearly 1×, and a quantized target changes both — so the engine
-calibrates it once per (target, drafter, compression, device, threads) and caches the figures as JSON.
+Policies that trade acceptance against time read it; so do the oracle, ``speckv bench`` and ``speckv distill``.
+It is measured, never assumed: on CPU verifying 9 tokens costs 1.1× one token on a CPU with native bf16 and 4×
+on one without, on a GPU nearly 1×, and a quantized target changes both. Three parts, one file:
+
+* :class:`CostModel` — the grid calibration measures (medians), interpolated; JSON on disk.
+* :func:`load_or_calibrate` / :func:`calibrate` — measure it once per (target, drafter, compression, device,
+  threads) and cache it under ``cache_dir()/costs``.
+* :class:`OnlineCosts` — the engine's running view: calibration corrected by the wall time of every step the
+  engine runs (calibration's synthetic forwards misjudge the real step's shape: it put verify(16, 2) at
+  verify(16, 1), the engine measured far more), plus what drafting and plain steps each delivered per ms.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
+import logging
+import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 2, 4, 8, 16)
+TOKENS = (1, 2, 3, 5, 9, 17, 33)
+CONTEXT = 128
+REPEATS = 5
+
+
+class Costs(Protocol):
+    def draft(self, batch: int) -> float: ...  # ms of one draft forward
+
+    def verify(self, batch: int, tokens: int) -> float: ...  # ms of a target forward of batch × tokens
 
 
 @dataclass
 class CostModel:
     batch_sizes: list[int]  # grid rows, ascending
-    tokens: list[int]  # grid columns: tokens per row in the verify forward (1 + γ), ascending
+    tokens: list[int]  # grid columns: tokens per row in the verify forward (1 + nodes), ascending
     verify_ms: list[list[float]]  # [len(batch_sizes)][len(tokens)] median target forward ms
     draft_ms: list[float]  # [len(batch_sizes)] median ms of one draft forward (one token per row)
 
@@ -28,6 +55,11 @@ class CostModel:
 
     def draft(self, batch: int) -> float:
         return _interp(self.batch_sizes, self.draft_ms, batch)
+
+    def ratios(self, batch: int = 1, tokens=(1, 5, 9)) -> dict[int, float]:
+        """Verify cost of each token count relative to one token (the figure that decides whether drafting pays)."""
+        base = self.verify(batch, 1)
+        return {t: self.verify(batch, t) / base for t in tokens}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -70,5 +102,144 @@ def median_ms(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) ->
         fn()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+
+def cost_key(engine) -> str:
+    """What the figures depend on: the loaded models themselves, not only the config (an injected model must never
+    reuse another's costs), the device and the threads."""
+    drafter = engine.drafter
+    parts = {
+        "target": engine.target_spec.model_dump(),
+        "target_arch": engine.target.config.to_json_string(use_diff=False),
+        "draft": engine.config.draft.model_dump(),
+        "drafter": drafter.describe() if drafter is not None else None,
+        "device": str(engine.device),
+        "threads": torch.get_num_threads(),
+        "batch": BATCH_SIZES,
+        "tokens": TOKENS,
+        "method": 3,  # interleaved rounds, monotone in tokens, public engine calls
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_or_calibrate(engine) -> CostModel:
+    from speckv.models import cache_dir
+
+    path = cache_dir() / "costs" / f"{cost_key(engine)}.json"
+    if path.is_file() and not os.environ.get("SPECKV_RECALIBRATE"):
+        return CostModel.from_json(path.read_text())
+    log.info("calibrating draft/verify costs once (cached in %s)", path)
+    model = calibrate(engine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(model.to_json())
+    tmp.replace(path)
+    return model
+
+
+@torch.inference_mode()
+def calibrate(engine, batch_sizes=BATCH_SIZES, tokens=TOKENS, context: int = CONTEXT) -> CostModel:
+    """Median ms of each (batch, tokens) verify forward and of one draft forward per batch size.
+
+    The token counts of a batch size are timed in interleaved rounds, so a burst of load from elsewhere hits all of
+    them alike, and the medians are made non-decreasing in tokens (pool-adjacent-violators): verifying more tokens
+    never costs less, and a policy must not chase a dip that is only noise."""
+    verify_ms, draft_ms = [], []
+    for batch in batch_sizes:
+        timer = engine.verify_timer(batch, context)
+        for t in tokens:  # warm-up
+            timer(t)
+        samples = [[timer(t) for t in tokens] for _ in range(REPEATS)]
+        verify_ms.append(monotone([statistics.median(column) for column in zip(*samples)]))
+        forward = engine.drafter.forward_timer(batch, context) if engine.drafter is not None else None
+        draft_ms.append(median_ms(forward, REPEATS + 2, engine.sync) if forward is not None else 0.0)
+    return CostModel(list(batch_sizes), list(tokens), verify_ms, draft_ms)
+
+
+# ---------------------------------------------------------------------------------------------- online
+
+
+@dataclass
+class StepTimes:
+    """What one batched engine step measured (vLLM's SpecDecodingStats shape, plus times)."""
+
+    batch: int  # rows in the step
+    tokens: int  # tokens per row in the verify forward (1 + the widest row's nodes)
+    draft_forwards: int
+    draft_ms: float
+    verify_ms: float
+    decision_ms: float
+    wall_ms: float  # the whole step, bookkeeping included
+    delivered: float  # tokens committed per row, on average
+    drafted: bool  # any row verified drafted tokens
+
+
+class OnlineCosts:
+    """Calibration corrected by every step the engine runs; what the policy reads as ``ctx.costs``.
+
+    ``verify(n, t)``: the running measurement of that (batch, tokens) cell when the engine has run it; otherwise
+    the calibrated figure scaled by how this batch size's measurements compare with calibration (or, before any,
+    all batch sizes'). ``step(n)`` is the list a policy works with: ``step(n)[k]`` = ms of a step that verifies
+    1 + k tokens per row, bookkeeping included, non-decreasing in k; rebuilt every ``REFRESH`` steps (the
+    measurements move slowly, and a rebuild is dozens of Python calls)."""
+
+    EMA = 0.2
+    REFRESH = 8
+
+    def __init__(self, calibrated: CostModel, max_tokens: int) -> None:
+        self.calibrated, self.max_tokens = calibrated, max_tokens
+        self.verify_ms: dict[tuple[int, int], float] = {}
+        self.draft_ms: dict[int, float] = {}
+        self.rate: dict[tuple[int, bool], float] = {}  # tokens per row per ms, by (batch, drafted)
+        self.rate_steps: dict[tuple[int, bool], int] = {}
+        self.verify_scale = self.draft_scale = 1.0
+        self.overhead_per_row = 0.0
+        self.steps = 0  # steps observed
+        self._tables: dict[int, tuple[int, list[float]]] = {}  # batch -> (steps when built, step list)
+
+    def _ema(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.EMA) * old + self.EMA * new
+
+    def observe(self, t: StepTimes) -> None:
+        self.steps += 1
+        n, cell = t.batch, (t.batch, t.tokens)
+        if cell not in self.verify_ms:
+            self._tables.pop(n, None)  # a newly measured cell: rebuild this batch size's list now
+        self.verify_ms[cell] = self._ema(self.verify_ms.get(cell), t.verify_ms)
+        self.verify_scale = self._ema(self.verify_scale, t.verify_ms / self.calibrated.verify(n, t.tokens))
+        if t.draft_forwards:
+            per_forward = t.draft_ms / t.draft_forwards
+            self.draft_ms[n] = self._ema(self.draft_ms.get(n), per_forward)
+            if self.calibrated.draft(n) > 0:
+                self.draft_scale = self._ema(self.draft_scale, per_forward / self.calibrated.draft(n))
+        rest = max(t.wall_ms - t.draft_ms - t.verify_ms, 0.0) / n
+        self.overhead_per_row = self._ema(self.overhead_per_row, rest)
+        key = (n, t.drafted)
+        self.rate[key] = self._ema(self.rate.get(key), t.delivered / t.wall_ms)
+        self.rate_steps[key] = self.rate_steps.get(key, 0) + 1
+
+    def measured(self, batch: int, tokens: int) -> bool:
+        return (batch, tokens) in self.verify_ms
+
+    def draft(self, batch: int) -> float:
+        return self.draft_ms.get(batch, self.calibrated.draft(batch) * self.draft_scale)
+
+    def verify(self, batch: int, tokens: int) -> float:
+        measured = self.verify_ms.get((batch, tokens))
+        if measured is not None:
+            return measured
+        seen = [v / self.calibrated.verify(b, t) for (b, t), v in self.verify_ms.items() if b == batch]
+        scale = sum(seen) / len(seen) if seen else self.verify_scale
+        return self.calibrated.verify(batch, tokens) * scale
+
+    def step(self, batch: int) -> list[float]:
+        built, table = self._tables.get(batch, (None, None))
+        if table is None or self.steps - built >= self.REFRESH:
+            table = [v + self.overhead_per_row * batch
+                     for v in monotone([self.verify(batch, 1 + k) for k in range(self.max_tokens)])]
+            self._tables[batch] = (self.steps, table)
+        return table

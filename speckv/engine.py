@@ -1,39 +1,44 @@
-"""SpecEngine: lossless batched speculative decoding with a per-sequence, per-step γ.
+"""SpecEngine: lossless speculative decoding, continuously batched, with a budget chosen per sequence and per step.
 
-``SpecEngine.generate(requests)`` decodes a list of requests in static batches of ``max_batch_size`` (finished rows
-leave the batch as they finish). Each step (:meth:`SpecEngine._speculative_step`, the whole algorithm in one
-function) lets every live sequence draft its own number of tokens, verifies all of them in one target forward,
-and keeps each row's own accepted prefix plus one recovered/bonus token. Rejected slots become holes in the
-ragged KV caches (:mod:`speckv.kvcache`), so no row ever sees another row's or its own rejected tokens.
+Requests join and leave the running batch at every step (iteration-level scheduling, as in vLLM, SGLang and TGI):
+:meth:`SpecEngine.add_request` queues one, :meth:`SpecEngine.step` admits what fits (prefilled, then joined to the
+ragged batch), runs one speculative step over every live row and returns what each request produced
+(:class:`~speckv.sequence.Delta`: new tokens, new text, the finish reason once done), and :meth:`SpecEngine.abort`
+drops one. :meth:`SpecEngine.generate` is a loop over those; :class:`speckv.loop.EngineLoop` runs them in a
+background thread for Serve and the batch job.
+
+The speculative step (:meth:`SpecEngine._speculative_step`, the whole algorithm on one screen) lets every row
+propose its own tree of candidates (a chain is a tree of width one), verifies all rows' trees in one target
+forward, and keeps each row's accepted path plus one recovered or bonus token. Rejected slots become holes in the
+ragged KV cache (:mod:`speckv.kvcache`), so no row ever sees another row's tokens, or its own rejected ones: a
+request's output does not depend on which others share its batch or when they joined.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Sequence as Seq
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 
 import torch
 
 from speckv.config import EngineConfig, GenerationRequest
-from speckv.costs import CostModel
+from speckv.costs import OnlineCosts, StepTimes, load_or_calibrate
 from speckv.drafters import Drafter, build_drafter
 from speckv.drafters.draft_lm import pad_right
+from speckv.drafters.tree import TreeBuilder
+from speckv.history import History
 from speckv.policies import build_policy
-from speckv.policies.base import GammaPolicy, StepContext
-from speckv.telemetry import summarize
-from speckv.verify import sample, to_probs, verify, verify_greedy
+from speckv.policies.base import Policy, StepContext
+from speckv.proposal import Proposal
+from speckv.sequence import Delta, GenerationResult, Sequence
+from speckv.verify import TreeVerdict, sample, to_probs, verify_tree, verify_tree_greedy
 
 ProgressFn = Callable[[int, int], None]  # (requests finished, tokens generated) since the last call
-
-#: A row's acceptance history (``StepContext.accept_rate``, the telemetry's ``accept_rate``): accepted ÷ *judged*
-#: draft positions, as two sums discounted by ACCEPT_DECAY per drafting step, from ACCEPT_PRIOR (accepted, judged).
-#: A position is judged when the target ruled on it: every drafted one up to and including the first rejection. So the
-#: rate estimates P(accept | prefix accepted) whatever γ the policy drafted — accepted ÷ drafted would not: the same
-#: draft logged 0.15 under γ=8 and 0.34 under γ=3 (bf16), and a selector trained on one would misread the other.
-ACCEPT_DECAY, ACCEPT_PRIOR = 0.8, (1.0, 2.0)
 
 
 class RequestError(ValueError):
@@ -41,78 +46,54 @@ class RequestError(ValueError):
 
 
 @dataclass
-class GenerationResult:
-    id: str
-    task: str | None
-    prompt: str
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    num_prompt_tokens: int = 0
-    finish_reason: str = "error"
-    status: str = "ok"
-    error: str | None = None
-    policy: str = ""
-    wall_ms: float = 0.0
-    steps: list[dict] = field(default_factory=list)  # telemetry rows (telemetry.STEP_SCHEMA)
-    summary: dict = field(default_factory=dict)  # telemetry.SUMMARY_FIELDS
-    actor_id: str = ""
-
-    def output_row(self) -> dict:
-        """One row of ``telemetry.OUTPUT_SCHEMA``."""
-        return {
-            "id": self.id,
-            "task": self.task,
-            "prompt": self.prompt,
-            "text": self.text,
-            "token_ids": self.token_ids,
-            "num_prompt_tokens": self.num_prompt_tokens,
-            "num_generated_tokens": len(self.token_ids),
-            "finish_reason": self.finish_reason,
-            "status": self.status,
-            "error": self.error,
-            "policy": self.policy,
-            "wall_ms": self.wall_ms,
-            **self.summary,
-            "actor_id": self.actor_id,
-        }
-
-
-@dataclass
-class _Row:
-    """Host-side state of one sequence in a batch."""
-
-    result: GenerationResult
-    request: GenerationRequest
-    prompt_ids: list[int]
-    generator: torch.Generator | None
-    done: bool = False
-
-
-@dataclass
 class _Batch:
-    rows: list[_Row]
+    """The running batch: per-row tensors, batch first, kept in the order of ``rows``."""
+
+    rows: list[Sequence]
     pending: torch.Tensor  # [B] last committed token, not yet in the target's cache
     temperature: torch.Tensor  # [B]
     top_k: torch.Tensor  # [B]
     top_p: torch.Tensor  # [B]
-    ctx: StepContext
     cache: object  # RaggedCache of the target
-    start: float
-    greedy: bool = False  # every row greedy: draft and verify on token ids (no [B, K, V] distributions)
+    history: History
+    state: dict[str, torch.Tensor]  # the policy's per-row state
 
     def select(self, keep: list[int]) -> None:
         idx = torch.tensor(keep, dtype=torch.long)
-        dev = self.pending.device
         self.rows = [self.rows[i] for i in keep]
-        self.pending = self.pending[idx.to(dev)]
-        self.temperature, self.top_k, self.top_p = (t[idx.to(t.device)] for t in (self.temperature, self.top_k, self.top_p))
-        c = self.ctx
-        for name in ("context_len", "num_generated", "max_new_tokens", "last_num_draft", "last_num_accepted",
-                     "accept_sums"):
-            setattr(c, name, getattr(c, name)[idx])
-        c.state = {k: v[idx] for k, v in c.state.items()}
-        c.batch_size = len(keep)
-        self.cache.select_rows(idx.to(dev))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, f.name, value[idx.to(value.device)])
+        self.state = {k: v[idx] for k, v in self.state.items()}
+        self.history.select(idx)
+        self.cache.select_rows(idx.to(self.pending.device))
+
+    def extend(self, other: _Batch) -> None:
+        self.rows += other.rows
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, f.name, torch.cat([value, getattr(other, f.name)]))
+        self.state = {k: torch.cat([v, other.state[k]]) for k, v in self.state.items()}
+        self.history.extend(other.history)
+        self.cache.extend(other.cache)
+
+
+class _Timer:
+    """Wall ms by name, with the device synchronised at each boundary (CUDA runs asynchronously)."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync, self.ms = sync, {"decision": 0.0, "draft": 0.0, "verify": 0.0}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.ms[name] += (time.perf_counter() - start) * 1e3
 
 
 class SpecEngine:
@@ -123,9 +104,11 @@ class SpecEngine:
         target: torch.nn.Module | None = None,
         tokenizer=None,
         drafter: Drafter | None = None,
-        policy: GammaPolicy | None = None,
+        policy: Policy | None = None,
         device: torch.device | None = None,
         actor_id: str | None = None,
+        costs=None,  # a CostModel to use instead of calibrating (tests, a machine measured elsewhere)
+        record_steps: bool = True,  # build telemetry rows (one per request and step)
     ) -> None:
         """Load what ``config`` names; an already built target, tokenizer, drafter or policy may be injected."""
         from speckv import models
@@ -134,277 +117,299 @@ class SpecEngine:
         if config.threads:
             torch.set_num_threads(config.threads)
         if target is None:
-            target, device = models.load_causal_lm(config.target)
+            self.target_spec = models.resolve_spec(config.target, config.max_batch_size)
+            target, device = models.load_causal_lm(self.target_spec)
+        else:
+            self.target_spec = models.spec_of(config.target, target)
         self.target = target
         self.device = device or next(target.parameters()).device
         self.tokenizer = tokenizer or models.load_tokenizer(config.target.source, config.target.gguf_file)
         self.vocab_size = target.config.vocab_size
         self.gamma_max = config.policy.max_gamma
-        self.policy: GammaPolicy = policy or build_policy(config.policy)
-        if drafter is None and self.gamma_max > 0:
-            drafter = build_drafter(config.draft, target, config.target, self.device)
+        self.policy: Policy = policy or build_policy(config.policy)
+        if drafter is None and (self.gamma_max > 0 or config.draft.kind == "lookup"):
+            drafter = build_drafter(config.draft, target, self.target_spec, self.device)
             if config.draft.kind == "lm" and config.draft.source != "embedded":  # the embedded draft is ours
                 models.check_same_tokenizer(self.tokenizer, models.load_tokenizer(config.draft.source))
         self.drafter = drafter
         self.max_context = config.max_context or getattr(target.config, "max_position_embeddings", 2048)
         self.eos_ids = self._eos_ids()
         self.actor_id = actor_id or f"pid-{os.getpid()}"
-        self.costs: CostModel | None = None
-        self.batch_steps = 0  # batched steps run by this engine (telemetry's batch_step_id)
+        self.record_steps = record_steps
+        self.costs: OnlineCosts | None = None
         if self.policy.needs_costs:
-            from speckv.calibrate import load_or_calibrate
+            self.costs = OnlineCosts(costs or load_or_calibrate(self), max_tokens=self.gamma_max + 3)
+        self.waiting: deque[Sequence] = deque()
+        self.batch: _Batch | None = None
+        self.batch_steps = 0  # batched steps run by this engine (telemetry's batch_step_id)
+        self._aborted: set[str] = set()
+        self._in_flight: set[str] = set()
 
-            self.costs = load_or_calibrate(self)
+    # ------------------------------------------------------------------ the request API
 
-    # ------------------------------------------------------------------ public API
+    def prepare(self, request: GenerationRequest) -> Sequence:
+        """Encode and check a request (raises RequestError); touches no engine state, so any thread may call it."""
+        result = GenerationResult(id=request.id, task=request.task, prompt=_prompt_text(request),
+                                  policy=self.config.policy.name, actor_id=self.actor_id)
+        ids = encode_request(self.tokenizer, request)
+        limit = self.max_context - 1
+        if len(ids) > limit:
+            raise RequestError(f"prompt has {len(ids)} tokens; the target's context allows at most {limit}")
+        return Sequence(request, ids, self.tokenizer, self.eos_ids, self.max_context, result)
 
-    def generate(self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None) -> list[GenerationResult]:
+    def add_request(self, request: GenerationRequest | Sequence) -> Sequence:
+        seq = request if isinstance(request, Sequence) else self.prepare(request)
+        if seq.id in self._in_flight:
+            raise RequestError(f"request id {seq.id!r} is already in flight; ids must be unique while running")
+        self._in_flight.add(seq.id)
+        self.waiting.append(seq)
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        """Drop a request, waiting or running; its last delta says ``finish_reason='abort'``."""
+        self._aborted.add(request_id)
+
+    def reset(self) -> None:
+        """Drop every request and the batch (after an engine fault): the loaded models stay."""
+        self.waiting.clear()
+        self.batch, self._aborted, self._in_flight = None, set(), set()
+        if self.drafter is not None:
+            self.drafter.drop(torch.zeros(0, dtype=torch.long))
+
+    @property
+    def num_running(self) -> int:
+        return len(self.batch.rows) if self.batch is not None else 0
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting) or self.num_running > 0
+
+    def step(self) -> list[Delta]:
+        """Admit what fits, run one speculative step over every live row, and say what each request produced."""
+        deltas = self._drop(self._admit())
+        if self.num_running:
+            deltas += self._drop(self._run_step())
+        return deltas
+
+    def generate(self, requests: Seq[GenerationRequest], progress: ProgressFn | None = None) -> list[GenerationResult]:
         """Generate every request; a bad request yields a ``status='error'`` result, never an exception."""
-        rows: list[_Row] = []
-        results: list[GenerationResult] = []
+        results = []
         for request in requests:
-            result = GenerationResult(id=request.id, task=request.task, prompt=self._prompt_text(request),
-                                      policy=self.config.policy.name, actor_id=self.actor_id)
-            results.append(result)
             try:
-                rows.append(self._new_row(request, result))
+                results.append(self.add_request(request).result)
             except RequestError as exc:
-                result.status, result.error, result.finish_reason = "error", str(exc), "error"
+                results.append(GenerationResult(id=request.id, task=request.task, prompt=_prompt_text(request),
+                                                status="error", error=str(exc), policy=self.config.policy.name,
+                                                actor_id=self.actor_id))
                 if progress:
                     progress(1, 0)
-        rows.sort(key=lambda r: len(r.prompt_ids))  # similar lengths together: less padding
-        size = self.config.max_batch_size
-        for i in range(0, len(rows), size):
-            self._generate_batch(rows[i : i + size], progress)
+        while self.has_unfinished():
+            deltas = self.step()
+            if progress:
+                progress(sum(d.finished for d in deltas), sum(len(d.token_ids) for d in deltas))
         return results
 
     # ------------------------------------------------------------------ the speculative step
 
     @torch.inference_mode()
-    def _speculative_step(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor, list[list[bool]], dict]:
-        """Draft → verify → accept for every live row. Returns (new_tokens [B, K+1], num_new [B], accept flags,
-        per-step stats). Row b commits ``new_tokens[b, :num_new[b]]``: its accepted drafts, then the recovered or
-        bonus token."""
-        ctx, dev, n_rows = batch.ctx, self.device, len(batch.rows)
-        stats = {"decision_ms": 0.0, "draft_ms": 0.0, "batch_step_id": self.batch_steps}
-        self.batch_steps += 1
-        # 1. how many tokens may each row draft? (the policy's budget, within the context and max_new_tokens)
-        t0 = time.perf_counter()
-        budget = self.policy.budget(ctx) if self.drafter is not None else torch.zeros(n_rows, dtype=torch.long)
-        stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
-        remaining = ctx.max_new_tokens - ctx.num_generated
-        budget = torch.minimum(budget, (remaining - 1).clamp(min=0))
-        budget = torch.minimum(budget, (self.max_context - 1 - ctx.context_len).clamp(min=0))
-        # 2. draft: row b proposes up to budget[b] tokens; the policy may stop it early from the draft's signals
-        width = int(budget.max())
-        draft_tokens = torch.zeros(n_rows, width, dtype=torch.long, device=dev)
-        # q: draft probs of the proposals (an all-greedy batch verifies on token ids and needs none)
-        q = None if batch.greedy else torch.zeros(n_rows, width, self.vocab_size, device=dev)
-        num_draft = torch.zeros(n_rows, dtype=torch.long)
-        drafting = budget > 0
-        ctx.top1_history, ctx.entropy_history = [], []
-        t_draft = time.perf_counter()
-        last = None
-        u_draft = self._uniforms(batch, budget, width)
-        forwards = 0
-        for pos in range(width):
-            logits = self.drafter.draft_logits(last)  # [B, V'], V' ≤ V: ids past V' have draft probability 0
-            forwards += 1
-            top1, entropy = _signals(logits)
-            t0 = time.perf_counter()
-            decision = self.policy.keep_drafting(ctx, pos, top1, entropy)
-            stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
-            propose, more = decision if isinstance(decision, tuple) else (decision, decision)
-            drafting &= (pos < budget) & propose
-            ctx.top1_history.append(top1)
-            ctx.entropy_history.append(entropy)
-            if not bool(drafting.any()):
-                break
-            if batch.greedy:
-                last = logits.argmax(dim=-1)
-            else:
-                q[:, pos, : logits.shape[1]] = to_probs(logits, batch.temperature, batch.top_k, batch.top_p)
-                last = sample(q[:, pos], u_draft[:, pos])
-            draft_tokens[:, pos] = last
-            num_draft += drafting.long()
-            drafting &= more  # rows whose next token is not worth a look stop without another draft forward
-            if not bool(drafting.any()):
-                break
-        self._sync()
-        stats["draft_ms"] = (time.perf_counter() - t_draft) * 1e3 - stats["decision_ms"]
-        # 3. verify every row's drafts in one target forward: input [pending, d_0 … d_{k-1}], ragged
-        k = int(num_draft.max())
-        t_verify = time.perf_counter()
-        inputs = torch.cat([batch.pending[:, None], draft_tokens[:, :k]], dim=1)  # [B, k+1]
-        valid = torch.arange(k + 1)[None, :] <= num_draft[:, None]
-        logits, hidden = self._target_forward(batch.cache, inputs, valid.to(dev))  # [B, k+1, V], [B, k+1, H]
-        if batch.greedy:
-            num_accepted, next_token, accept = verify_greedy(draft_tokens[:, :k], num_draft.to(dev), logits.argmax(-1))
-        else:
-            p = to_probs(logits, batch.temperature, batch.top_k, batch.top_p)  # p: target probs
-            u_verify = self._uniforms(batch, num_draft + 1, k + 1, last_at_end=True)
-            num_accepted, next_token, accept = verify(draft_tokens[:, :k], num_draft.to(dev), q[:, :k], p, u_verify)
-        self._sync()
-        stats["verify_ms"] = (time.perf_counter() - t_verify) * 1e3
-        stats["max_tokens_verified"], stats["draft_forwards"] = k + 1, forwards
-        # 4. commit: the target keeps [pending + accepted]; new tokens = accepted drafts + recovered/bonus token
-        batch.cache.keep_last(k + 1, num_accepted + 1)
-        batch.cache.trim()
-        new_tokens = torch.cat([draft_tokens[:, :k], torch.zeros_like(next_token)[:, None]], dim=1)
-        new_tokens[torch.arange(n_rows, device=dev), num_accepted] = next_token
+    def _speculative_step(self, batch: _Batch, ctx: StepContext,
+                          timer: _Timer) -> tuple[Proposal, TreeVerdict, torch.Tensor]:
+        """Budget → propose → verify → commit, for every live row. p: target probs, q: draft probs."""
+        n = len(batch.rows)
+        # 1. budget: at most how many candidate nodes each row verifies, and how the head may draft (0 = plain)
+        with timer("decision"):
+            plan = self.policy.plan(ctx)
+        depth_cap = self._depth_cap(ctx)  # [B] no path past max_new_tokens or the context
+        plan.nodes = torch.where(depth_cap > 0, plan.nodes, 0)
+        # 2. propose: each drafter adds to one tree per row; the policy values the nodes and cuts the tree
+        tree = TreeBuilder(n, depth_cap=depth_cap, device=self.device,
+                           sampling=None if ctx.greedy else (batch.temperature, batch.top_k, batch.top_p),
+                           vocab=self.vocab_size)
         if self.drafter is not None:
-            self.drafter.commit(new_tokens, num_accepted + 1, hidden)
-        batch.pending = next_token
-        num_accepted = num_accepted.cpu()
-        ctx.last_step = {"batch": n_rows, "forwards": forwards, "draft_ms": stats["draft_ms"],
-                         "verify_ms": stats["verify_ms"], "tokens": k + 1}  # the loop adds the step's wall_ms
-        t0 = time.perf_counter()
-        self.policy.observe(ctx, num_draft, num_accepted)
-        stats["decision_ms"] += (time.perf_counter() - t0) * 1e3
-        flags = [accept[b, : int(num_draft[b])].tolist() for b in range(n_rows)]
-        stats["accept_rate"] = ctx.accept_rate  # as the policy saw it, before this step
-        self._update_history(ctx, num_draft, num_accepted)
-        stats["num_draft"], stats["num_accepted"] = num_draft, num_accepted
-        return new_tokens.cpu(), num_accepted + 1, flags, stats
+            with timer("draft"):
+                self.drafter.grow(tree, plan, lambda t: self._timed_expand(ctx, t, timer), self._draws(batch))
+        with timer("decision"):
+            keep = self.policy.cut(ctx, tree, plan)
+        proposal = tree.finish(keep)  # tokens/parents [B, N], q [B, N, V] when sampling
+        # 3. verify: one target forward over each row's [pending, nodes], every node seeing its ancestors only
+        with timer("verify"):
+            logits, hidden = self._verify_forward(batch, proposal)  # [B, 1+N, V], [B, 1+N, H]
+            if ctx.greedy:
+                verdict = verify_tree_greedy(proposal.tokens, proposal.parents, proposal.num_nodes, logits.argmax(-1))
+            else:
+                p = to_probs(logits, batch.temperature, batch.top_k, batch.top_p)  # [B, 1+N, V]
+                u = self._uniforms(batch, proposal.num_nodes + 1, proposal.width + 1)  # [B, 1+N], u[:, 0] final
+                verdict = verify_tree(proposal.tokens, proposal.parents, proposal.num_nodes, proposal.q, p, u)
+        # 4. commit: the root and the accepted path keep their slots (the rest become holes); the accepted
+        #    tokens plus the recovered/bonus token are the row's new tokens
+        path = torch.cat([torch.zeros(n, 1, dtype=torch.long, device=self.device), verdict.path.clamp(min=0)], dim=1)
+        kept = torch.where(torch.arange(path.shape[1], device=self.device) <= verdict.num_accepted[:, None], path, -1)
+        on_path = (kept[:, :, None] == torch.arange(proposal.width + 1, device=self.device)).any(dim=1)  # [B, 1+N]
+        batch.cache.keep_last(on_path)
+        batch.cache.trim()
+        nodes = torch.cat([batch.pending[:, None], proposal.tokens], dim=1)  # [B, 1+N] token of each node
+        new_tokens = torch.cat([nodes.gather(1, path[:, 1:]), verdict.next_token[:, None]], dim=1)  # [B, D+1]
+        new_tokens.scatter_(1, verdict.num_accepted[:, None], verdict.next_token[:, None])
+        if self.drafter is not None:
+            feats = None if hidden is None else hidden.gather(1, path[..., None].expand(-1, -1, hidden.shape[-1]))
+            self.drafter.commit(new_tokens, verdict.num_accepted + 1, feats)  # feature before each new token
+        batch.pending = verdict.next_token
+        with timer("decision"):
+            self.policy.observe(ctx, proposal, verdict.num_accepted.cpu())
+        batch.history.update(proposal, on_path)
+        return proposal, verdict, new_tokens
 
-    # ------------------------------------------------------------------ batch driver
+    # ------------------------------------------------------------------ scheduling
 
-    def _generate_batch(self, rows: list[_Row], progress: ProgressFn | None) -> None:
+    def _admit(self) -> list[Delta]:
+        """Abort what was asked to, then prefill waiting requests while they fit (``max_batch_size`` rows,
+        ``max_prefill_tokens`` prompt tokens; a longer prompt is admitted alone) and join them to the batch."""
+        deltas = []
+        if self._aborted:
+            for seq in [s for s in self.waiting if s.id in self._aborted]:
+                self.waiting.remove(seq)
+                deltas.append(self._finish(seq, "abort"))
+            for seq in self.batch.rows if self.batch is not None else []:
+                if seq.id in self._aborted:
+                    seq.finish_reason = "abort"
+            self._aborted.clear()
+        room, budget, take = self.config.max_batch_size - self.num_running, self.config.max_prefill_tokens, []
+        if self.config.scheduling == "static" and self.num_running:
+            room = 0  # a static batch runs to its last row before the next one starts (the v1 engine, for comparison)
+        while self.waiting and len(take) < room:
+            if take and sum(len(s.prompt_ids) for s in take) + len(self.waiting[0].prompt_ids) > budget:
+                break
+            take.append(self.waiting.popleft())
+        if not take:
+            return deltas
+        with torch.inference_mode():
+            joining = self._prefill(take)
+        if self.batch is None or not self.batch.rows:
+            self.batch = joining
+        else:
+            self.batch.extend(joining)
+        for seq, first in zip(take, joining.pending.tolist()):
+            seq.started = time.perf_counter()
+            deltas.append(seq.append([first]))
+        return deltas
+
+    def _prefill(self, rows: list[Sequence]) -> _Batch:
         from speckv.kvcache import RaggedCache
 
-        start = time.perf_counter()
-        dev = self.device
-        params = [r.request.sampling for r in rows]
+        dev, params = self.device, [r.sampling for r in rows]
         batch = _Batch(
-            rows=rows,
-            pending=torch.zeros(len(rows), dtype=torch.long, device=dev),
+            rows=rows, pending=torch.zeros(len(rows), dtype=torch.long, device=dev),
             temperature=torch.tensor([s.temperature for s in params], device=dev),
             top_k=torch.tensor([s.top_k for s in params], device=dev),
             top_p=torch.tensor([s.top_p for s in params], device=dev),
-            ctx=self._new_context(rows),
-            cache=RaggedCache(len(rows), dev),
-            start=start,
-            greedy=all(s.greedy for s in params),
-        )
-        self.policy.init_state(batch.ctx)
-        with torch.inference_mode():
-            ids, valid = pad_right([r.prompt_ids for r in rows], dev)
-            logits, hidden = self._target_forward(batch.cache, ids, valid, last_only=True)
-            first = sample(to_probs(logits[:, 0], batch.temperature, batch.top_k, batch.top_p),
-                           self._uniforms(batch, torch.ones(len(rows), dtype=torch.long), 1)[:, 0])
-            batch.pending = first
-            if self.drafter is not None:
-                per_row_hidden = [hidden[b, : len(r.prompt_ids)] for b, r in enumerate(rows)] if hidden is not None else None
-                self.drafter.prefill([r.prompt_ids for r in rows], first, per_row_hidden)
-        self._emit(batch, first.cpu()[:, None], torch.ones(len(rows), dtype=torch.long), None, None, progress)
-        while batch.rows:
-            t0 = time.perf_counter()
-            new_tokens, num_new, flags, stats = self._speculative_step(batch)
-            self._emit(batch, new_tokens, num_new, flags, stats, progress)
-            batch.ctx.last_step["wall_ms"] = (time.perf_counter() - t0) * 1e3  # the whole step, bookkeeping included
+            cache=RaggedCache(len(rows), dev), history=History.new(len(rows)), state=self.policy.init_rows(len(rows)))
+        ids, valid = pad_right([r.prompt_ids for r in rows], dev)
+        logits, hidden = self.target_forward(batch.cache, ids, valid, last_only=True)
+        probs = to_probs(logits[:, 0], batch.temperature, batch.top_k, batch.top_p)
+        batch.pending = sample(probs, self._uniforms(batch, torch.ones(len(rows), dtype=torch.long), 1)[:, 0])
+        if self.drafter is not None:
+            per_row = None if hidden is None else [hidden[b, : len(r.prompt_ids)] for b, r in enumerate(rows)]
+            self.drafter.admit([r.prompt_ids for r in rows], batch.pending, per_row)
+        return batch
 
-    def _emit(self, batch: _Batch, new_tokens, num_new, flags, stats, progress: ProgressFn | None) -> None:
-        """Append each row's committed tokens, cut at EOS / stop strings / max_new_tokens, log telemetry, and drop
-        finished rows from the batch."""
-        ctx = batch.ctx
-        finished_now, tokens_now = 0, 0
-        for b, row in enumerate(batch.rows):
-            res, sp = row.result, row.request.sampling
-            before = len(res.token_ids)
-            for tok in new_tokens[b, : int(num_new[b])].tolist():
-                res.token_ids.append(tok)
-                if tok in self.eos_ids and not sp.ignore_eos:
-                    row.done, res.finish_reason = True, "stop"
-                    break
-                if len(res.token_ids) >= sp.max_new_tokens or len(row.prompt_ids) + len(res.token_ids) >= self.max_context:
-                    row.done, res.finish_reason = True, "length"
-                    break
-            if sp.stop and self._cut_at_stop(row):
-                row.done, res.finish_reason = True, "stop"
-            emitted = len(res.token_ids) - before
-            tokens_now += emitted
-            if stats is not None:
-                res.steps.append(self._step_row(batch, b, row, flags[b], stats, emitted))
-            if row.done:
-                finished_now += 1
-                self._finish(row, batch.start)
-        ctx.context_len = ctx.context_len + num_new
-        ctx.num_generated = ctx.num_generated + num_new
-        if progress:
-            progress(finished_now, tokens_now)
-        keep = [i for i, r in enumerate(batch.rows) if not r.done]
-        if len(keep) < len(batch.rows):
-            if keep and self.drafter is not None:
-                self.drafter.select_rows(torch.tensor(keep, dtype=torch.long))
-            if keep:
-                batch.select(keep)
-            else:
-                batch.rows = []
+    def _drop(self, deltas: list[Delta]) -> list[Delta]:
+        """Finish the rows that are done (or aborted) and take them out of the batch; complete their deltas."""
+        batch = self.batch
+        if batch is None:
+            return deltas
+        done = {id(seq) for seq in batch.rows if seq.finish_reason is not None}
+        if not done:
+            return deltas
+        by_seq = {d.request_id: d for d in deltas}
+        for seq in batch.rows:
+            if id(seq) in done:
+                final = self._finish(seq, seq.finish_reason)
+                if seq.id in by_seq and by_seq[seq.id].finish_reason is not None:
+                    by_seq[seq.id].result = final.result
+                else:
+                    deltas.append(final)
+        keep = [i for i, seq in enumerate(batch.rows) if id(seq) not in done]
+        if self.drafter is not None:
+            self.drafter.drop(torch.tensor(keep, dtype=torch.long))
+        if keep:
+            batch.select(keep)
+        else:
+            self.batch = None
+        return deltas
 
-    def _step_row(self, batch: _Batch, b: int, row: _Row, flags: list[bool], stats: dict, emitted: int) -> dict:
-        spec, ctx = self.config.target, batch.ctx
-        n_draft = int(stats["num_draft"][b])
-        return {
-            "request_id": row.result.id,
-            "task": row.result.task,
-            "step": len(row.result.steps),
-            "batch_step_id": stats["batch_step_id"],
-            "policy": self.config.policy.name,
-            "drafter": getattr(self.drafter, "kind", "none"),
-            "batch_size": len(batch.rows),
-            "context_len": int(ctx.context_len[b]),
-            "num_draft_tokens": n_draft,
-            "num_accepted_tokens": int(stats["num_accepted"][b]),
-            "num_emitted_tokens": emitted,
-            "draft_top1": [float(t[b]) for t in ctx.top1_history[:n_draft]],
-            "draft_entropy": [float(t[b]) for t in ctx.entropy_history[:n_draft]],
-            "draft_accept": flags,
-            "draft_ms": stats["draft_ms"],
-            "verify_ms": stats["verify_ms"],
-            "decision_ms": stats["decision_ms"] / len(batch.rows),
-            "num_decisions": 1 + stats["draft_forwards"],
-            "max_tokens_verified": stats["max_tokens_verified"],
-            "temperature": row.request.sampling.temperature,
-            "target_dtype": spec.dtype,
-            "quantization": spec.quantization,
-            "compression": spec.compression,
-            "device": self.device.type,
-            "gamma_max": self.gamma_max,
-            "accept_rate": float(stats["accept_rate"][b]),
+    def _finish(self, seq: Sequence, reason: str) -> Delta:
+        self._in_flight.discard(seq.id)
+        res = seq.result
+        seq.finish_reason = res.finish_reason = reason
+        res.text = seq.detok.text
+        res.num_prompt_tokens = len(seq.prompt_ids)
+        res.wall_ms = (time.perf_counter() - (seq.started or seq.arrival)) * 1e3
+        res.summary = seq.stats.summary()
+        return Delta(seq.id, [], "", reason, res)
+
+    # ------------------------------------------------------------------ one step, measured and recorded
+
+    def _run_step(self) -> list[Delta]:
+        batch, start = self.batch, time.perf_counter()
+        ctx = self._context(batch)
+        timer = _Timer(self.sync)
+        proposal, verdict, new_tokens = self._speculative_step(batch, ctx, timer)
+        new_tokens, num_new = new_tokens.cpu(), (verdict.num_accepted + 1).cpu()
+        deltas = [seq.append(new_tokens[b, : int(num_new[b])].tolist()) for b, seq in enumerate(batch.rows)]
+        drafted, accepted = proposal.num_nodes.cpu(), verdict.num_accepted.cpu()
+        for b, seq in enumerate(batch.rows):
+            seq.stats.add(int(drafted[b]), int(accepted[b]))
+        times = StepTimes(batch=len(batch.rows), tokens=proposal.width + 1, draft_forwards=proposal.draft_forwards,
+                          draft_ms=timer.ms["draft"], verify_ms=timer.ms["verify"], decision_ms=timer.ms["decision"],
+                          wall_ms=(time.perf_counter() - start) * 1e3, delivered=float(num_new.float().mean()),
+                          drafted=bool(drafted.any()))
+        if self.costs is not None:
+            self.costs.observe(times)
+        if self.record_steps:
+            self._record(batch, ctx, proposal, verdict, deltas, times)
+        self.batch_steps += 1
+        return deltas
+
+    def _record(self, batch: _Batch, ctx: StepContext, proposal: Proposal, verdict: TreeVerdict,
+                deltas: list[Delta], times: StepTimes) -> None:
+        """One telemetry row per live request (telemetry.STEP_SCHEMA)."""
+        p = proposal.to(torch.device("cpu"))
+        lists = {name: getattr(p, name).tolist() for name in ("parents", "prob", "rank", "source", "match", "value",
+                                                              "top1", "entropy", "depth")}
+        accept, num_nodes, accepted = verdict.accept.cpu().tolist(), p.num_nodes.tolist(), verdict.num_accepted.tolist()
+        spec = self.target_spec
+        common = {
+            "batch_step_id": self.batch_steps, "policy": self.config.policy.name,
+            "drafter": getattr(self.drafter, "kind", "none"), "batch_size": len(batch.rows),
+            "draft_ms": times.draft_ms, "verify_ms": times.verify_ms, "decision_ms": times.decision_ms / len(batch.rows),
+            "num_decisions": 2 + times.draft_forwards, "draft_forwards": times.draft_forwards,
+            "max_tokens_verified": times.tokens, "target_dtype": spec.dtype, "quantization": spec.quantization,
+            "compression": spec.compression, "device": self.device.type, "gamma_max": self.gamma_max,
             "actor_id": self.actor_id,
         }
+        accept_rate, lookup_rate = ctx.accept_rate.tolist(), ctx.lookup_rate.tolist()
+        for b, seq in enumerate(batch.rows):
+            k = num_nodes[b]
+            seq.result.steps.append({
+                **common, "request_id": seq.id, "task": seq.request.task, "step": seq.stats.steps - 1,
+                "context_len": int(ctx.context_len[b]), "num_draft_tokens": k, "num_accepted_tokens": accepted[b],
+                "num_emitted_tokens": len(deltas[b].token_ids), "tree_depth": max(lists["depth"][b][:k], default=0),
+                "node_parent": lists["parents"][b][:k], "node_prob": lists["prob"][b][:k],
+                "node_rank": lists["rank"][b][:k], "node_source": lists["source"][b][:k],
+                "node_match": lists["match"][b][:k], "node_value": lists["value"][b][:k],
+                "draft_top1": lists["top1"][b][:k], "draft_entropy": lists["entropy"][b][:k],
+                "draft_accept": accept[b][:k], "temperature": seq.sampling.temperature,
+                "accept_rate": accept_rate[b], "lookup_rate": lookup_rate[b],
+            })
 
-    def _finish(self, row: _Row, start: float) -> None:
-        res = row.result
-        if not row.request.sampling.stop:
-            res.text = self.tokenizer.decode(res.token_ids, skip_special_tokens=True)
-        res.num_prompt_tokens = len(row.prompt_ids)
-        res.wall_ms = (time.perf_counter() - start) * 1e3
-        res.summary = summarize(res.steps, self.gamma_max)
+    # ------------------------------------------------------------------ the target
 
-    def _cut_at_stop(self, row: _Row) -> bool:
-        """Cut text (and tokens) at the earliest stop string; True when one was found."""
-        res = row.result
-        text = self.tokenizer.decode(res.token_ids, skip_special_tokens=True)
-        hits = [text.find(s) for s in row.request.sampling.stop if s in text]
-        if not hits:
-            res.text = text
-            return False
-        cut = min(hits)
-        res.text = text[:cut]
-        # keep the shortest token prefix whose text reaches the stop string
-        for n in range(1, len(res.token_ids) + 1):
-            if len(self.tokenizer.decode(res.token_ids[:n], skip_special_tokens=True)) > cut:
-                del res.token_ids[n:]
-                break
-        return True
-
-    # ------------------------------------------------------------------ helpers
-
-    def _target_forward(self, cache, ids: torch.Tensor, valid: torch.Tensor, last_only: bool = False):
+    def target_forward(self, cache, ids: torch.Tensor, valid: torch.Tensor, attend: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None, last_only: bool = False):
         """Target logits ([B, L, V], or [B, 1, V] at each row's last real token) and the last hidden states
         ([B, L, H], what the LM head reads) when the drafter needs them."""
-        out = self.target.get_decoder()(**cache.model_inputs(ids, valid))
+        dtype = self.target.get_output_embeddings().weight.dtype
+        dtype = dtype if dtype.is_floating_point else torch.float16
+        out = self.target.get_decoder()(**cache.model_inputs(ids, valid, attend, positions, dtype=dtype))
         hidden = out.last_hidden_state
         if last_only:
             last = valid.long().sum(dim=1) - 1
@@ -415,64 +420,85 @@ class SpecEngine:
         needs = self.drafter is not None and self.drafter.needs_target_hidden
         return logits, (hidden if needs else None)
 
-    def _new_row(self, request: GenerationRequest, result: GenerationResult) -> _Row:
-        ids = self._encode(request)
-        limit = self.max_context - 1
-        if len(ids) > limit:
-            raise RequestError(f"prompt has {len(ids)} tokens; the target's context allows at most {limit}")
-        seed = request.sampling.seed
-        generator = None
-        if not request.sampling.greedy:
-            generator = torch.Generator().manual_seed(seed if seed is not None else random.getrandbits(63))
-        return _Row(result=result, request=request, prompt_ids=ids, generator=generator)
+    def _verify_forward(self, batch: _Batch, proposal: Proposal):
+        """One forward over every row's root (the pending token) and candidate nodes: a node sees the cache and its
+        ancestors, at the position its depth gives."""
+        n, width = len(batch.rows), proposal.width + 1
+        ids = torch.cat([batch.pending[:, None], proposal.tokens], dim=1)  # [B, 1+N]
+        valid = torch.arange(width, device=self.device)[None, :] <= proposal.num_nodes[:, None]
+        past = torch.ones(n, width, batch.cache.valid.shape[1], dtype=torch.bool, device=self.device)
+        attend = torch.cat([past, proposal.ancestors()], dim=2)  # [B, 1+N, S+1+N]
+        depth = torch.cat([torch.zeros(n, 1, dtype=torch.long, device=self.device), proposal.depth], dim=1)
+        return self.target_forward(batch.cache, ids, valid, attend, batch.cache.lengths[:, None] + depth)
 
-    def _encode(self, request: GenerationRequest) -> list[int]:
-        return encode_request(self.tokenizer, request)
+    def verify_timer(self, batch: int, context: int) -> Callable[[int], float]:
+        """For calibration: ``timer(tokens)`` = ms of one verify forward of ``batch`` rows × ``tokens`` over a
+        synthetic ``context``-token cache (a chain's shape), rolled back after each call."""
+        from speckv.kvcache import RaggedCache
 
-    @staticmethod
-    def _prompt_text(request: GenerationRequest) -> str:
-        if request.prompt is not None:
-            return request.prompt
-        import json
+        gen = torch.Generator().manual_seed(0)
+        prompt = torch.randint(100, self.vocab_size, (batch, context), generator=gen).to(self.device)
+        cache = RaggedCache(batch, self.device)
+        with torch.inference_mode():
+            self.target_forward(cache, prompt, torch.ones_like(prompt, dtype=torch.bool))
 
-        return json.dumps([m.model_dump() for m in request.messages])
+        @torch.inference_mode()
+        def timer(tokens: int) -> float:
+            ids = torch.randint(100, self.vocab_size, (batch, tokens), generator=gen).to(self.device)
+            chain = Proposal.chain(ids[:, 1:])
+            start = time.perf_counter()
+            ones = torch.ones_like(ids, dtype=torch.bool)
+            attend = torch.cat([torch.ones(batch, tokens, cache.valid.shape[1], dtype=torch.bool, device=self.device),
+                                chain.ancestors()], dim=2)
+            self.target_forward(cache, ids, ones, attend, cache.lengths[:, None] + torch.arange(tokens, device=self.device))
+            self.sync()
+            elapsed = (time.perf_counter() - start) * 1e3
+            cache.keep_last(torch.zeros_like(ones))
+            cache.trim()
+            return elapsed
 
-    def _new_context(self, rows: list[_Row]) -> StepContext:
-        n = len(rows)
+        return timer
+
+    # ------------------------------------------------------------------ helpers
+
+    def _context(self, batch: _Batch) -> StepContext:
+        rows = batch.rows
         return StepContext(
-            batch_size=n,
-            context_len=torch.tensor([len(r.prompt_ids) for r in rows]),
-            num_generated=torch.zeros(n, dtype=torch.long),
-            max_new_tokens=torch.tensor([r.request.sampling.max_new_tokens for r in rows]),
-            last_num_draft=torch.zeros(n, dtype=torch.long),
-            last_num_accepted=torch.zeros(n, dtype=torch.long),
-            accept_sums=torch.tensor([ACCEPT_PRIOR] * n),
-            compression=self.config.target.compression,
-            costs=self.costs,
-            gamma_max=self.gamma_max,
-        )
+            batch_size=len(rows),
+            context_len=torch.tensor([len(r.prompt_ids) + len(r.tokens) for r in rows]),
+            num_generated=torch.tensor([len(r.tokens) for r in rows]),
+            max_new_tokens=torch.tensor([r.sampling.max_new_tokens for r in rows]),
+            accept_rate=batch.history.accept_rate, lookup_rate=batch.history.lookup_rate,
+            first_accept=batch.history.first, compression=self.target_spec.compression, costs=self.costs,
+            gamma_max=self.gamma_max, greedy=all(r.sampling.greedy for r in rows), state=batch.state)
 
-    @staticmethod
-    def _update_history(ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        judged = torch.minimum(num_draft, num_accepted + 1)  # up to and including the first rejection
-        step = torch.stack([num_accepted, judged], dim=1).float()
-        ctx.accept_sums = torch.where((num_draft > 0)[:, None], ACCEPT_DECAY * ctx.accept_sums + step, ctx.accept_sums)
-        ctx.last_num_draft, ctx.last_num_accepted = num_draft, num_accepted
+    def _depth_cap(self, ctx: StepContext) -> torch.Tensor:  # [B] deepest node a row may verify this step
+        left = ctx.max_new_tokens - ctx.num_generated - 1  # the step's own token comes on top of the path
+        room = self.max_context - 1 - ctx.context_len
+        return torch.minimum(left, room).clamp(min=0)
 
-    def _uniforms(self, batch: _Batch, counts: torch.Tensor, width: int, last_at_end: bool = False) -> torch.Tensor:
+    def _timed_expand(self, ctx: StepContext, tree: TreeBuilder, timer: _Timer) -> bool:
+        with timer("decision"):
+            return self.policy.expand(ctx, tree)
+
+    def _draws(self, batch: _Batch) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One uniform per asking row from its own generator (zeros for greedy rows): a sampled chain's drafts."""
+        def draws(asking: torch.Tensor) -> torch.Tensor:
+            return self._uniforms(batch, asking.long().cpu(), 1)[:, 0]
+
+        return draws
+
+    def _uniforms(self, batch: _Batch, counts: torch.Tensor, width: int) -> torch.Tensor:
         """[B, width] per-row draws, zeros for greedy rows. Row b draws exactly ``counts[b]`` numbers from its own
-        generator, so its random stream never depends on what the other rows of the batch do. With
-        ``last_at_end`` the row's last draw goes to the last column (the verify step's final-token draw)."""
+        generator, so its random stream never depends on the other rows: the last goes to column 0 (the final
+        token's draw in verification), the others to columns 1, 2, ... (one per node)."""
         out = torch.zeros(len(batch.rows), width)
         for b, row in enumerate(batch.rows):
-            n = int(counts[b])
-            if row.generator is None or n == 0:
+            k = int(counts[b])
+            if row.generator is None or k == 0:
                 continue
-            draws = torch.rand(n, generator=row.generator)
-            if last_at_end:
-                out[b, : n - 1], out[b, -1] = draws[:-1], draws[-1]
-            else:
-                out[b, :n] = draws
+            draws = torch.rand(k, generator=row.generator)
+            out[b, 1:k], out[b, 0] = draws[:-1], draws[-1]
         return out.to(self.device)
 
     def _eos_ids(self) -> set[int]:
@@ -484,7 +510,7 @@ class SpecEngine:
                 ids.update(source)
         return ids
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -503,11 +529,10 @@ def encode_request(tokenizer, request: GenerationRequest) -> list[int]:
     return list(encoded)
 
 
-def _signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draft top-1 probability and entropy (nats) per row, from the raw draft logits (temperature 1). [B] each."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    entropy = -torch.xlogy(probs, probs).sum(dim=-1)  # 0·log 0 = 0: a restricted draft head has -inf logits
-    return probs.max(dim=-1).values.cpu(), entropy.cpu()
+def _prompt_text(request: GenerationRequest) -> str:
+    if request.prompt is not None:
+        return request.prompt
+    return json.dumps([m.model_dump() for m in request.messages])
 
 
-__all__ = ["SpecEngine", "GenerationResult", "RequestError", "encode_request"]
+__all__ = ["SpecEngine", "GenerationResult", "Delta", "RequestError", "encode_request"]

@@ -164,8 +164,33 @@ def load_tokenizer(source: str, gguf_file: str | None = None) -> PreTrainedToken
     return tokenizer
 
 
+def resolve_spec(spec: ModelSpec, batch: int = 8) -> ModelSpec:
+    """``spec`` with a concrete dtype: 'auto' becomes the one measured fastest on this machine (speckv.hardware)."""
+    if spec.dtype != "auto":
+        return spec
+    from speckv.hardware import choose_dtype
+
+    plain = spec.model_copy(update={"quantization": "none"})  # the compute dtype is timed on the unquantized model
+
+    def load(dtype: str) -> torch.nn.Module:
+        return load_causal_lm(plain.model_copy(update={"dtype": dtype}))[0]
+
+    choice, _ = choose_dtype(plain, batch, load)
+    return spec.model_copy(update={"dtype": choice})
+
+
+def spec_of(spec: ModelSpec, model: torch.nn.Module) -> ModelSpec:
+    """``spec`` for an already loaded ``model``: 'auto' becomes the dtype the model computes in."""
+    if spec.dtype != "auto":
+        return spec
+    dtype = model.get_output_embeddings().weight.dtype
+    name = {v: k for k, v in TORCH_DTYPES.items()}.get(dtype, "bf16")
+    return spec.model_copy(update={"dtype": name})
+
+
 def load_causal_lm(spec: ModelSpec) -> tuple[torch.nn.Module, torch.device]:
-    """Load a causal LM as ``spec`` says, in eval mode, on its device."""
+    """Load a causal LM as ``spec`` says, in eval mode, on its device (``dtype='auto'``: see :func:`resolve_spec`)."""
+    spec = resolve_spec(spec)
     device = resolve_device(spec.device)
     resolved = resolve_source(spec.source, spec.gguf_file)
     kwargs: dict = {"dtype": TORCH_DTYPES[spec.dtype]}

@@ -27,6 +27,37 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def chi2_stat(observed: torch.Tensor, expected_probs: torch.Tensor) -> tuple[float, int]:
+    """Pearson χ² and its degrees of freedom; cells with tiny expectation are pooled so the approximation holds."""
+    n = observed.sum()
+    expected = expected_probs * n
+    big = expected >= 5
+    obs = torch.cat([observed[big], observed[~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    keep = exp > 0
+    obs, exp = obs[keep].double(), exp[keep].double()
+    return float(((obs - exp) ** 2 / exp).sum()), len(obs) - 1
+
+
+def chi2_pvalue(observed: torch.Tensor, expected_probs: torch.Tensor) -> float:
+    """The goodness-of-fit p-value of ``observed`` counts against ``expected_probs``."""
+    stat, dof = chi2_stat(observed.flatten(), expected_probs.flatten())
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), torch.tensor(stat / 2.0)))
+
+
+class DigitTokenizer:
+    """A tokenizer for a 12-token vocabulary: prompts are digit strings (tests that need a small V)."""
+
+    eos_token_id = None
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [int(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
 def tiny_llama(seed: int, layers: int = 2, vocab: int = 49152, hidden: int = 64):
     """A random LlamaForCausalLM small enough for CPU tests; large init so logits are far from ties."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -68,3 +99,22 @@ def tiny_pair_dirs(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return root / "target", root / "draft"
+
+
+@pytest.fixture(scope="session")
+def confident_policy(tmp_path_factory) -> str:
+    """Learned-policy weights whose acceptance model says "the target will accept" (P ≈ 0.98 everywhere): with cheap
+    costs the learned rule then verifies wide, so a parity test of ``learned`` is a test of speculative steps (the
+    tiny random drafts' own probabilities are far too flat for the rule to verify anything)."""
+    from speckv.policies.learned.model import AcceptanceMLP, AcceptanceModel
+
+    mlp = AcceptanceMLP()
+    with torch.no_grad():
+        for layer in mlp.net:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        mlp.net[-1].bias.fill_(4.0)
+    path = tmp_path_factory.mktemp("policy") / "confident.safetensors"
+    AcceptanceModel(mlp).save(path, {"hidden": mlp.net[0].out_features})
+    return str(path)

@@ -1,4 +1,5 @@
-"""EagleDrafter: protocol conformance and ragged-batch consistency, on a tiny random fp32 target."""
+"""EagleDrafter: protocol conformance, ragged-batch consistency, rows joining and leaving, and trees whose nodes see
+only their ancestors — on a tiny random fp32 target."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from speckv.drafters.base import Drafter
 from speckv.drafters.eagle import EagleDrafter, EagleHead, head_config
+from speckv.drafters.tree import TreeBuilder
+from speckv.proposal import Plan
 
 VOCAB, HIDDEN = 256, 64
 ATOL = 1e-4
@@ -36,18 +39,39 @@ def features(target, ids: list[int]) -> torch.Tensor:  # [len, H] target feature
         return target.model(torch.tensor([ids])).last_hidden_state[0]
 
 
-def prefill(drafter, target, prompts, firsts):
-    drafter.prefill(prompts, torch.tensor(firsts), [features(target, p) for p in prompts])
+def admit(drafter, target, prompts, firsts):
+    drafter.admit(prompts, torch.tensor(firsts), [features(target, p) for p in prompts])
 
 
-def draft(drafter, steps: int) -> list[torch.Tensor]:
-    """Draft ``steps`` greedy tokens; return each position's logits ([B, V])."""
-    out, last = [], None
-    for _ in range(steps):
-        logits = drafter.draft_logits(last)
-        out.append(logits)
-        last = logits.argmax(-1)
+def grow(drafter, depth: int, topk: int = 1) -> TreeBuilder:
+    """Draft every row's tree ``depth`` levels deep, every node valued by its draft probability."""
+    n = drafter.cache.batch_size
+    tree = TreeBuilder(n, depth_cap=torch.full((n,), depth), device=torch.device("cpu"))
+
+    def expand(t: TreeBuilder) -> bool:
+        t.draft_values()
+        return True
+
+    drafter.grow(tree, Plan(nodes=torch.full((n,), 1000), depth=depth, topk=topk), expand, None)
+    tree.draft_values()
+    return tree
+
+
+def row_nodes(tree: TreeBuilder, b: int) -> list[tuple[tuple[int, ...], float]]:
+    """Row b's nodes as (token path from the root, draft probability), in column order."""
+    paths, out = {0: ()}, []
+    for col in range(tree.n):
+        if not tree.real[b, col]:
+            continue
+        path = paths[int(tree.parents[b, col])] + (int(tree.tokens[b, col]),)
+        paths[col + 1] = path
+        out.append((path, float(tree.prob[b, col])))
     return out
+
+
+def assert_same_nodes(a, b):
+    assert [p for p, _ in a] == [p for p, _ in b]
+    torch.testing.assert_close(torch.tensor([x for _, x in a]), torch.tensor([x for _, x in b]), atol=ATOL, rtol=1e-4)
 
 
 PROMPTS = [[5, 17, 42, 9, 100, 3, 77], [8, 1], [250, 12, 12, 60]]
@@ -56,81 +80,100 @@ FIRSTS = [11, 22, 33]
 
 def test_protocol(head, target):
     drafter = make(head, target)
-    assert isinstance(drafter, Drafter)
+    assert isinstance(drafter, Drafter) and drafter.kind == "eagle"
     assert drafter.needs_target_hidden and drafter.vocab_size == VOCAB
-    prefill(drafter, target, PROMPTS, FIRSTS)
-    logits = draft(drafter, 3)
-    assert all(x.shape == (3, VOCAB) and x.dtype == torch.float32 for x in logits)
+    admit(drafter, target, PROMPTS, FIRSTS)
+    tree = grow(drafter, 3)
+    assert tree.forwards == 3 and tree.n == 3 and bool(tree.real.any())
+    assert tree.depth[0, :3].tolist() == [1, 2, 3] and tree.parents[0, :3].tolist() == [0, 1, 2]  # a chain
 
 
 @pytest.mark.parametrize("int8_weights", [False, True])
-def test_ragged_batch_matches_rows_alone(head, target, int8_weights):
+@pytest.mark.parametrize("topk", [1, 3])
+def test_ragged_batch_matches_rows_alone(head, target, int8_weights, topk):
     batched = make(head, target, int8_weights=int8_weights)
-    prefill(batched, target, PROMPTS, FIRSTS)
-    together = draft(batched, 4)
+    admit(batched, target, PROMPTS, FIRSTS)
+    together = grow(batched, 3, topk)
     for b, (prompt, first) in enumerate(zip(PROMPTS, FIRSTS)):
         alone = make(head, target, int8_weights=int8_weights)
-        prefill(alone, target, [prompt], [first])
-        for step, logits in enumerate(draft(alone, 4)):
-            torch.testing.assert_close(together[step][b], logits[0], atol=ATOL, rtol=1e-4)
+        admit(alone, target, [prompt], [first])
+        assert_same_nodes(row_nodes(together, b), row_nodes(grow(alone, 3, topk), 0))
 
 
-def committed_state(target, seq: list[int], drafter, num_new: list[int], tokens: list[list[int]]):
-    """Commit ``tokens`` (ragged) to ``drafter`` with the target's real features; return nothing."""
-    width = max(num_new)
+def test_a_node_sees_only_its_ancestors(head, target):
+    """Every node expanded in both a 2-wide and a 3-wide tree has the same children: siblings and cousins drafted
+    in the same forward never leak into a node's draft distribution."""
+    trees = {}
+    for k in (2, 3):
+        drafter = make(head, target)
+        admit(drafter, target, PROMPTS, FIRSTS)
+        trees[k] = grow(drafter, 3, k)
+    for b in range(len(PROMPTS)):
+        narrow, wide = dict(row_nodes(trees[2], b)), dict(row_nodes(trees[3], b))
+        children = {}
+        for path in wide:
+            children.setdefault(path[:-1], []).append(path)
+        compared = 0
+        for path, prob in narrow.items():
+            if path[:-1] in children and len(path) > 1 and path[:-1] in narrow:
+                assert path in wide, path  # a node's top-2 children are the first two of its top-3
+                assert abs(wide[path] - prob) < ATOL
+                compared += 1
+        assert compared >= 4  # depth-2 and depth-3 nodes expanded in both trees were compared
+
+
+def commit(target, seqs: list[list[int]], drafter, tokens: list[list[int]]):
+    """Commit ``tokens`` (ragged) to ``drafter`` with the target's real features."""
+    width = max(len(t) for t in tokens)
     new = torch.zeros(len(tokens), width, dtype=torch.long)
     hid = torch.zeros(len(tokens), width, HIDDEN)
-    for b, (row, toks) in enumerate(zip(seq, tokens)):
+    for b, (row, toks) in enumerate(zip(seqs, tokens)):
         feats = features(target, row + toks)  # feature before each new token = at positions len(row)-1 ...
         new[b, : len(toks)] = torch.tensor(toks)
         hid[b, : len(toks)] = feats[len(row) - 1 : len(row) - 1 + len(toks)]
-    drafter.commit(new, torch.tensor(num_new), hid)
+    drafter.commit(new, torch.tensor([len(t) for t in tokens]), hid)
 
 
 @pytest.mark.parametrize("int8_weights", [False, True])
-@pytest.mark.parametrize("draft_steps", [0, 3])
-def test_commit_matches_fresh_prefill(head, target, draft_steps, int8_weights):
-    """After drafting (or drafting nothing) and committing, the drafter equals one prefilled on the full sequence."""
+@pytest.mark.parametrize("depth", [0, 3])
+def test_commit_matches_fresh_admission(head, target, depth, int8_weights):
+    """After drafting (or not drafting) and committing, the drafter equals one admitted with the full sequence."""
     drafter = make(head, target, int8_weights=int8_weights)
-    prefill(drafter, target, PROMPTS, FIRSTS)
-    draft(drafter, draft_steps)
-    seqs = [p + [f] for p, f in zip(PROMPTS, FIRSTS)]  # committed so far
+    admit(drafter, target, PROMPTS, FIRSTS)
+    if depth:
+        grow(drafter, depth, 2)
+    seqs = [p + [f] for p, f in zip(PROMPTS, FIRSTS)]
     commits = [[7, 8, 9], [4], [70, 71]]
-    committed_state(target, seqs, drafter, [len(c) for c in commits], commits)
-    # a second step, with one row drafting zero tokens in between is the same as all drafting
-    got = draft(drafter, 2)
+    commit(target, seqs, drafter, commits)
+    got = grow(drafter, 2)
     for b, (seq, toks) in enumerate(zip(seqs, commits)):
         full = seq + toks
         fresh = make(head, target, int8_weights=int8_weights)
-        prefill(fresh, target, [full[:-1]], [full[-1]])
-        for step, logits in enumerate(draft(fresh, 2)):
-            torch.testing.assert_close(got[step][b], logits[0], atol=ATOL, rtol=1e-4)
+        admit(fresh, target, [full[:-1]], [full[-1]])
+        assert_same_nodes(row_nodes(got, b), row_nodes(grow(fresh, 2), 0))
 
 
-def test_select_rows(head, target):
+def test_rows_join_and_leave(head, target):
+    """Rows admitted into a running batch, and rows dropped from it, leave every other row's drafts unchanged."""
     drafter = make(head, target)
-    prefill(drafter, target, PROMPTS, FIRSTS)
-    draft(drafter, 2)
-    seqs = [p + [f] for p, f in zip(PROMPTS, FIRSTS)]
-    committed_state(target, seqs, drafter, [1, 2, 1], [[3], [4, 5], [6]])
-    drafter.select_rows(torch.tensor([2, 0]))
-    got = draft(drafter, 3)
-    reference = make(head, target)
-    prefill(reference, target, [PROMPTS[2], PROMPTS[0]], [FIRSTS[2], FIRSTS[0]])
-    draft(reference, 2)
-    committed_state(target, [seqs[2], seqs[0]], reference, [1, 1], [[6], [3]])
-    for a, b in zip(got, draft(reference, 3)):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
+    admit(drafter, target, PROMPTS[:2], FIRSTS[:2])
+    grow(drafter, 2)
+    seqs = [p + [f] for p, f in zip(PROMPTS[:2], FIRSTS[:2])]
+    commit(target, seqs, drafter, [[3], [4, 5]])
+    admit(drafter, target, PROMPTS[2:], FIRSTS[2:])  # joins while the others are mid-sequence
+    drafter.drop(torch.tensor([2, 0]))
+    got = grow(drafter, 3, 2)
+    for b, (prompt, first) in enumerate([(PROMPTS[2], FIRSTS[2]), (PROMPTS[0] + [FIRSTS[0]], 3)]):
+        reference = make(head, target)
+        admit(reference, target, [prompt], [first])
+        assert_same_nodes(row_nodes(got, b), row_nodes(grow(reference, 3, 2), 0))
 
 
-def test_restricted_vocab_is_lossless_shape(head, target):
+def test_restricted_vocab_drafts_only_its_ids(head, target):
     drafter = make(head, target, draft_vocab=100)
-    prefill(drafter, target, PROMPTS, FIRSTS)
-    logits = drafter.draft_logits(None)
-    assert logits.shape == (3, 100) and torch.isfinite(logits).all()  # ids from 100 on: probability 0
-    full = make(head, target)
-    prefill(full, target, PROMPTS, FIRSTS)
-    torch.testing.assert_close(logits, full.draft_logits(None)[:, :100])
+    admit(drafter, target, PROMPTS, FIRSTS)
+    tree = grow(drafter, 2, 4)
+    assert int(tree.tokens[tree.real].max()) < 100  # ids from 100 on have draft probability 0
 
 
 def test_int8_linear_multiplies_by_its_rounded_weight():
@@ -151,35 +194,39 @@ def test_int8_drafter_stays_close_to_full_precision(head, target):
     assert int8_drafter.int8_weights and not full.int8_weights
     assert not any("Int8" in type(m).__name__ for m in head.modules())  # the caller's head is left as it was
     for d in (int8_drafter, full):
-        prefill(d, target, PROMPTS, FIRSTS)
-    a, b = draft(int8_drafter, 1)[0], draft(full, 1)[0]
-    assert (a - b).abs().max() < 0.05 * b.abs().max()
-    assert torch.equal(a.argmax(-1), b.argmax(-1))
+        admit(d, target, PROMPTS, FIRSTS)
+    a, b = grow(int8_drafter, 1), grow(full, 1)
+    assert torch.equal(a.tokens[:, 0], b.tokens[:, 0])
+    assert (a.prob[:, 0] - b.prob[:, 0]).abs().max() < 0.05
 
 
 def test_save_load_roundtrip(head, target, tmp_path):
     EagleDrafter.save(head, tmp_path, {"draft_vocab": None}, dtype=torch.float32)
-    loaded = EagleDrafter.load(tmp_path, target, torch.device("cpu"))
+    loaded = EagleDrafter.load(tmp_path, target, torch.device("cpu"), int8_weights=False)
     assert loaded.embed is target.get_input_embeddings() and loaded.lm_head is target.get_output_embeddings()
     fresh = make(head, target)
     for d in (loaded, fresh):
-        prefill(d, target, PROMPTS, FIRSTS)
-    torch.testing.assert_close(loaded.draft_logits(None), fresh.draft_logits(None))
+        admit(d, target, PROMPTS, FIRSTS)
+    a, b = grow(loaded, 2, 2), grow(fresh, 2, 2)
+    for row in range(len(PROMPTS)):
+        assert_same_nodes(row_nodes(a, row), row_nodes(b, row))
 
 
 def test_training_time_test_matches_inference(head, target):
-    """The 4-D masks that train draft depths 1..3 in one pass see exactly what the drafter sees at inference."""
-    from speckv.distill import ttt_forward
+    """The 4-D masks that train draft depths 1..3 in one pass see exactly what a drafted chain sees at inference:
+    on a sequence that continues with the head's own greedy drafts, its predictions give the tree's probabilities."""
+    from speckv.distill.eagle import ttt_forward
 
-    seq = [5, 17, 42, 9, 100, 3, 77, 8, 1, 250, 12]
-    feats = features(target, seq)[None]
+    prompt, first = PROMPTS[0], FIRSTS[0]
+    drafter = make(head, target)
+    admit(drafter, target, [prompt], [first])
+    chain = grow(drafter, 3)
+    drafted = chain.tokens[0, :3].tolist()
+    seq = prompt + [first] + drafted
     with torch.no_grad():
-        preds = ttt_forward(head, feats, target.get_input_embeddings()(torch.tensor([seq])), depth=3)
-    for i in (0, 3, 6):
-        drafter = make(head, target)
-        prefill(drafter, target, [seq[: i + 1]], [seq[i + 1]])
-        drafter.draft_logits(None)
-        torch.testing.assert_close(drafter.last_pred[0], preds[0][0, i], atol=ATOL, rtol=1e-4)
-        for d in (1, 2):  # drafted positions fed the true next token, as training does
-            drafter.draft_logits(torch.tensor([seq[i + d + 1]]))
-            torch.testing.assert_close(drafter.last_pred[0], preds[d][0, i], atol=ATOL, rtol=1e-4)
+        preds = ttt_forward(head, features(target, seq)[None], target.get_input_embeddings()(torch.tensor([seq])), 3)
+        weight = target.get_output_embeddings().weight
+        for d in range(3):  # the root's slot is len(prompt) - 1 (feature f_{L-1} with the token `first`)
+            probs = torch.softmax(preds[d][0, len(prompt) - 1] @ weight.T, dim=-1)
+            assert int(probs.argmax()) == drafted[d]
+            assert abs(float(probs.max()) - float(chain.prob[0, d])) < ATOL

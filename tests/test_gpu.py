@@ -23,7 +23,7 @@ def test_greedy_parity_on_cuda(tokenizer):
     reqs = [GenerationRequest(id=str(i), prompt=p, sampling=SamplingParams(max_new_tokens=24, ignore_eos=True))
             for i, p in enumerate(prompts)]
     for res, req in zip(engine.generate(reqs), reqs):
-        ids = torch.tensor([engine._encode(req)], device=CUDA)
+        ids = torch.tensor([engine.prepare(req).prompt_ids], device=CUDA)
         ref = target.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False)[0, ids.shape[1]:]
         assert res.token_ids == ref.tolist()
         assert all(s["device"] == "cuda" for s in res.steps)

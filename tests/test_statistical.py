@@ -8,24 +8,13 @@ import pytest
 import torch
 
 from speckv.config import EngineConfig, GenerationRequest, PolicySpec, SamplingParams
+from speckv.drafters import Drafters
 from speckv.drafters.draft_lm import DraftLM
+from speckv.drafters.eagle import EagleDrafter, EagleHead, head_config
+from speckv.drafters.lookup import LookupDrafter
 from speckv.engine import SpecEngine
 from speckv.verify import to_probs, verify
-from tests.conftest import related_draft, tiny_llama
-
-
-def chi2_pvalue(observed: torch.Tensor, expected_probs: torch.Tensor) -> float:
-    """Pearson χ² goodness of fit; cells with tiny expectation are pooled so the approximation holds."""
-    n = observed.sum()
-    expected = expected_probs * n
-    big = expected >= 5
-    obs = torch.cat([observed[big], observed[~big].sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    keep = exp > 0
-    obs, exp = obs[keep].double(), exp[keep].double()
-    stat = ((obs - exp) ** 2 / exp).sum()
-    dof = len(obs) - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), stat / 2))
+from tests.conftest import DigitTokenizer, chi2_pvalue, related_draft, tiny_llama
 
 
 def test_verify_alone_reproduces_p_for_random_distributions():
@@ -57,19 +46,6 @@ def small_vocab_pair():
     return target, draft
 
 
-class DigitTokenizer:
-    """A tokenizer for a 12-token vocabulary: prompts are digit strings (the statistical test needs a small V)."""
-
-    eos_token_id = None
-    chat_template = None
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [int(c) for c in text]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(map(str, ids))
-
-
 def exact_joint(target, prompt: list[int], params: SamplingParams, positions: int) -> dict[tuple, float]:
     """P(t_1 … t_n) under the target alone with the request's processing, enumerated in one batched forward."""
     vocab = target.config.vocab_size
@@ -87,16 +63,29 @@ def exact_joint(target, prompt: list[int], params: SamplingParams, positions: in
     return out
 
 
-@pytest.mark.parametrize("setting,draft_vocab", [(s, 12) for s in SETTINGS] + [("temperature", 8)])
-def test_engine_samples_match_target_distribution(small_vocab_pair, setting, draft_vocab):
+def small_drafter(kind: str, target, draft, draft_vocab: int):
+    cpu = torch.device("cpu")
+    if kind == "lm":
+        return DraftLM(draft, cpu, draft_vocab)
+    torch.manual_seed(1)
+    head = EagleDrafter(EagleHead(head_config(target.config)).eval(), target, cpu)
+    return Drafters([head, LookupDrafter(min_n=1, max_n=2)])  # a tree of point masses, plus lookup branches
+
+
+@pytest.mark.parametrize("setting,draft_vocab,drafter", [(s, 12, "lm") for s in SETTINGS] + [("temperature", 8, "lm")]
+                         + [(s, 12, "tree") for s in SETTINGS])
+def test_engine_samples_match_target_distribution(small_vocab_pair, setting, draft_vocab, drafter):
     """``draft_vocab`` 8: the draft's logits cover ids 0..7 only (as a head over the most frequent tokens does), so
-    ids 8..11 reach the output only through the recovered and bonus tokens."""
+    ids 8..11 reach the output only through the recovered and bonus tokens. ``tree``: the EAGLE head's trees (two
+    children per node, deterministic: point masses) with prompt-lookup branches, verified by multi-candidate
+    recursive rejection sampling."""
     target, draft = small_vocab_pair
     params = SETTINGS[setting]
     prompt = [3, 1, 4, 1, 5]
-    config = EngineConfig(policy=PolicySpec(name="fixed", gamma=2), max_batch_size=256)
-    engine = SpecEngine(config, target=target, tokenizer=DigitTokenizer(),
-                        drafter=DraftLM(draft, torch.device("cpu"), draft_vocab), device=torch.device("cpu"))
+    policy = PolicySpec(name="fixed", gamma=2) if drafter == "lm" else \
+        PolicySpec(name="fixed", gamma=5, tree_depth=2, tree_topk=2)
+    engine = SpecEngine(EngineConfig(policy=policy, max_batch_size=256), target=target, tokenizer=DigitTokenizer(),
+                        drafter=small_drafter(drafter, target, draft, draft_vocab), device=torch.device("cpu"))
     n = 3000
     requests = [GenerationRequest(id=str(i), prompt="31415", raw_prompt=True,
                                   sampling=params.model_copy(update={"seed": i})) for i in range(n)]
@@ -112,19 +101,31 @@ def test_engine_samples_match_target_distribution(small_vocab_pair, setting, dra
     drafted = sum(r.summary["num_draft_tokens"] for r in results)
     accepted = sum(r.summary["num_accepted_tokens"] for r in results)
     assert drafted > 0 and 0 < accepted < drafted  # both paths (accept and recover) were exercised
+    if drafter == "tree":  # later siblings and lookup nodes were accepted too, not only first children
+        nodes = [(a, rank, src) for r in results for st in r.steps
+                 for a, rank, src in zip(st["draft_accept"], st["node_rank"], st["node_source"])]
+        assert any(a and rank > 0 for a, rank, _ in nodes) and any(src == 1 for _, _, src in nodes)
     assert chi2_pvalue(observed, torch.tensor([exact[c] for c in cells])) > 1e-3
 
 
-def test_seeded_sampling_is_deterministic_and_batch_independent(small_vocab_pair):
+@pytest.mark.parametrize("drafter", ["lm", "tree"])
+def test_seeded_sampling_is_deterministic_and_batch_independent(small_vocab_pair, drafter):
+    """A seeded request's tokens do not change with its batch-mates or with when it joins the running batch.
+    heuristic: rows draft different γ in the same step, so the batch's widths differ from the row's own; the tree:
+    rows' trees and lookup branches differ. (The learned policy's budget depends on the batch by design — the widest
+    row sets the step's time — so its seeded samples keep the target's law but not these exact tokens.)"""
     target, draft = small_vocab_pair
-    # heuristic: rows draft different γ in the same step, so the batch's widths differ from the row's own
-    config = EngineConfig(policy=PolicySpec(name="heuristic", gamma=2, gamma_max=6), max_batch_size=8)
-    engine = SpecEngine(config, target=target, tokenizer=DigitTokenizer(),
-                        drafter=DraftLM(draft, torch.device("cpu"), 12), device=torch.device("cpu"))
+    policy = PolicySpec(name="heuristic", gamma=2, gamma_max=6) if drafter == "lm" else \
+        PolicySpec(name="fixed", gamma=5, tree_depth=2, tree_topk=2)
+    engine = SpecEngine(EngineConfig(policy=policy, max_batch_size=3), target=target, tokenizer=DigitTokenizer(),
+                        drafter=small_drafter(drafter, target, draft, 12), device=torch.device("cpu"))
     params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=7, ignore_eos=True)
-    alone = engine.generate([GenerationRequest(id="a", prompt="2718", raw_prompt=True, sampling=params)])
-    mixed = engine.generate([GenerationRequest(id=str(i), prompt="9" * (i + 1), raw_prompt=True,
-                                               sampling=params.model_copy(update={"seed": 100 + i}))
-                             for i in range(5)] + [GenerationRequest(id="a", prompt="2718", raw_prompt=True,
-                                                                     sampling=params)])
+    mine = GenerationRequest(id="a", prompt="2718", raw_prompt=True, sampling=params)
+    alone = engine.generate([mine])
+    mates = [GenerationRequest(id=str(i), prompt="9" * (i + 1), raw_prompt=True,
+                               sampling=params.model_copy(update={"seed": 100 + i, "max_new_tokens": 3 + 2 * i}))
+             for i in range(5)]
+    mixed = engine.generate(mates + [mine])  # joins a running batch of 3 once two of them have finished
     assert alone[0].token_ids == mixed[-1].token_ids
+    other_seed = engine.generate([mine.model_copy(update={"sampling": params.model_copy(update={"seed": 8})})])
+    assert other_seed[0].token_ids != alone[0].token_ids  # the seed is used: sampling is not being ignored

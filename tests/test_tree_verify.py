@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from speckv.verify import sample, to_probs, verify, verify_greedy, verify_tree, verify_tree_greedy
+from tests.conftest import chi2_pvalue, chi2_stat
 
 V = 8
 NEAR_ONE = 1 - 1e-9  # vLLM's scenario: a float64 draw in [0, 1) that a float32 cast rounds up to 1.0
@@ -284,25 +285,8 @@ def test_empty_residual_falls_back_to_p():
 # ---------------------------------------------------------------- statistical tier
 
 
-def chi2_stat(observed: torch.Tensor, expected_probs: torch.Tensor) -> tuple[float, int]:
-    """Pearson χ² and its degrees of freedom (as tests/test_statistical.py's ``chi2_pvalue``: cells with tiny
-    expectation are pooled so the approximation holds)."""
-    n = observed.sum()
-    expected = expected_probs * n
-    big = expected >= 5
-    obs = torch.cat([observed[big], observed[~big].sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    keep = exp > 0
-    obs, exp = obs[keep].double(), exp[keep].double()
-    return float(((obs - exp) ** 2 / exp).sum()), len(obs) - 1
-
-
 def pvalue(stat: float, dof: int) -> float:
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0), torch.tensor(stat / 2.0)))
-
-
-def chi2_pvalue(observed: torch.Tensor, expected_probs: torch.Tensor) -> float:
-    return pvalue(*chi2_stat(observed.flatten(), expected_probs.flatten()))
 
 
 def grouped_chi2_pvalue(observed: torch.Tensor, expected_probs: torch.Tensor) -> float:

@@ -5,27 +5,28 @@ from __future__ import annotations
 import torch
 
 from speckv.config import EMBEDDED, DraftSpec, ModelSpec
-from speckv.drafters.base import Drafter
+from speckv.drafters.base import Drafter, Drafters
 
-__all__ = ["Drafter", "build_drafter"]
+__all__ = ["Drafter", "Drafters", "build_drafter"]
 
 
 def build_drafter(spec: DraftSpec, target: torch.nn.Module, target_spec: ModelSpec, device: torch.device) -> Drafter:
-    """Load the drafter ``spec`` names for ``target`` (already loaded on ``device``)."""
+    """The drafters ``spec`` names for ``target`` (already loaded on ``device``), as one."""
+    from speckv.drafters.lookup import LookupDrafter
+
+    lookup = LookupDrafter(spec.lookup_min_ngram, spec.lookup_max_ngram, spec.lookup_tokens)
+    if spec.kind == "lookup":
+        return lookup
     if spec.kind == "eagle":
         from speckv.drafters.eagle import EagleDrafter, default_eagle_path
 
         path = default_eagle_path() if spec.source == EMBEDDED else spec.source
-        return EagleDrafter.load(path, target, device, int8_weights=spec.int8_weights)
+        head = EagleDrafter.load(path, target, device, int8_weights=spec.int8_weights)
+    else:
+        from speckv.drafters.draft_lm import DraftLM, draft_lm_dir
+        from speckv.models import load_causal_lm
 
-    from speckv.drafters.draft_lm import DraftLM
-    from speckv.models import load_causal_lm
-
-    source = spec.source
-    if source == EMBEDDED:
-        from speckv.distill import draft_lm_dir
-
-        source = str(draft_lm_dir())
-    draft_spec = ModelSpec(source=source, dtype=spec.dtype or target_spec.dtype, device=target_spec.device)
-    model, _ = load_causal_lm(draft_spec)
-    return DraftLM(model, device, vocab_size=target.config.vocab_size)
+        source = str(draft_lm_dir()) if spec.source == EMBEDDED else spec.source
+        draft_spec = ModelSpec(source=source, dtype=spec.dtype or target_spec.dtype, device=target_spec.device)
+        head = DraftLM(load_causal_lm(draft_spec)[0], device, vocab_size=target.config.vocab_size)
+    return Drafters([head, lookup]) if spec.lookup else head

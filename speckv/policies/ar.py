@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
-from speckv.policies.base import StaticPolicy, StepContext
+from speckv.policies.base import Plan, StaticPolicy, StepContext
 
 
 class ArPolicy(StaticPolicy):
     name = "ar"
 
-    def budget(self, ctx: StepContext) -> torch.Tensor:
-        return torch.zeros(ctx.batch_size, dtype=torch.long)
+    def plan(self, ctx: StepContext) -> Plan:
+        return Plan(nodes=self.full(ctx, 0), depth=0, lookup=False)

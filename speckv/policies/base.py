@@ -1,19 +1,22 @@
-"""The γ-policy protocol: per sequence, per step, decide how many tokens to draft.
+"""The budget-policy protocol: per sequence, per step, how much speculation to verify.
 
-A policy answers two questions, batched over the live sequences of a step:
+A step's budget is a tree (a chain is a tree of width one). The policy answers, batched over the live rows:
 
-``budget``         before drafting: at most how many tokens may row b draft this step (0 = plain decoding)?
-``keep_drafting``  once the draft's distribution for position ``pos`` is known (its top-1 probability and entropy),
-                   should row b propose that token, or stop here? A policy may also answer a pair
-                   ``(propose, more)``: propose this token, and whether it is worth drafting past it at all
-                   (``more=False`` saves the draft forward that would only show the next position's signals).
+``plan``     before drafting: at most how many candidate nodes may row b verify (0 = plain decoding), how deep the
+             head may draft and how wide it branches (``topk`` children per expanded node; 1 = a chain), and
+             whether free prompt-lookup candidates may join;
+``expand``   after each depth the head has drafted: value the new nodes, and say whether one more draft forward is
+             worth it;
+``cut``      once every drafter is done: which nodes each row verifies (ancestor-closed);
 
-and then ``observe``s the outcome (drafted and accepted counts). It sees only what is known at decision time:
-the draft's signals up to the current position, the acceptance history of earlier steps, the position in the
-draft, the target's compression level, and the measured costs — never the target's verdict on this step.
+and then ``observe``s the verdict. It sees only what is known at decision time: the draft's signals of the nodes
+drafted so far, the acceptance history of earlier steps, the target's compression level and the measured costs —
+never the target's verdict on this step. For a chain drawn by sampling, a node is kept or dropped on what was known
+before its token was drawn (its distribution's top-1 and entropy, the nodes before it), which keeps speculative
+sampling lossless (see :mod:`speckv.drafters.tree`).
 
-Per-sequence state lives in ``ctx.state`` (tensors with the batch as first dimension), so the engine can drop
-finished rows without knowing what a policy keeps.
+Per-row state lives in ``ctx.state`` (tensors with the batch first, made by ``init_rows``): rows join and leave
+the running batch, and the engine concatenates and selects these rows without knowing what a policy keeps.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from speckv.costs import CostModel
+from speckv.costs import Costs
+from speckv.drafters.tree import TreeBuilder
+from speckv.proposal import Plan, Proposal
 
 
 @dataclass
@@ -32,58 +37,68 @@ class StepContext:
     context_len: torch.Tensor  # [B] tokens in each sequence (prompt + generated)
     num_generated: torch.Tensor  # [B] tokens generated so far
     max_new_tokens: torch.Tensor  # [B] each request's limit
-    last_num_draft: torch.Tensor  # [B] γ used in the previous step (0 before the first)
-    last_num_accepted: torch.Tensor  # [B] accepted in the previous step
-    # [B, 2] discounted sums (accepted, judged) of draft positions over earlier steps: see speckv.engine.ACCEPT_DECAY
-    accept_sums: torch.Tensor
+    accept_rate: torch.Tensor  # [B] head's top choices accepted ÷ judged, discounted (speckv.engine.History)
+    lookup_rate: torch.Tensor  # [B] lookup nodes accepted ÷ judged, discounted
+    first_accept: torch.Tensor  # [B] running share of drafting steps whose first top choice was accepted
     compression: str  # target compression level: fp32 | bf16 | fp16 | int8 | nf4
-    costs: CostModel | None  # measured draft/verify costs, when the policy asked for them
-    gamma_max: int  # hard bound on γ for this engine
-    # per-position draft signals of the current step, filled as drafting proceeds: [B, pos]
-    top1_history: list[torch.Tensor] = field(default_factory=list)
-    entropy_history: list[torch.Tensor] = field(default_factory=list)
-    state: dict[str, torch.Tensor] = field(default_factory=dict)
-    # the previous batched step as measured: draft forwards run, draft ms, verify ms, tokens per row verified, and
-    # wall_ms, the whole step including bookkeeping
-    last_step: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def accept_rate(self) -> torch.Tensor:  # [B] the row's acceptance history: accepted ÷ judged, discounted
-        return self.accept_sums[:, 0] / self.accept_sums[:, 1]
+    costs: Costs | None  # measured draft/verify costs, when the policy asked for them
+    gamma_max: int  # the most candidate nodes a row may verify in one step
+    greedy: bool  # every row decodes greedily
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # the policy's per-row state, [B, ...] each
 
 
 @runtime_checkable
-class GammaPolicy(Protocol):
+class Policy(Protocol):
     name: str
     #: True when the policy needs measured costs (the engine then calibrates them once, cached on disk)
     needs_costs: bool
 
-    def init_state(self, ctx: StepContext) -> None: ...
+    def init_rows(self, n: int) -> dict[str, torch.Tensor]: ...
 
-    def budget(self, ctx: StepContext) -> torch.Tensor:  # [B] int64 in [0, gamma_max]
+    def plan(self, ctx: StepContext) -> Plan: ...
+
+    def expand(self, ctx: StepContext, tree: TreeBuilder) -> bool:
+        """Value the columns the head just added (``tree.value``); True to draft one more depth."""
         ...
 
-    def keep_drafting(
-        self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """[B] bool: propose the token at draft position ``pos`` (0-based) whose draft top-1 prob/entropy are given;
-        or ([B] propose, [B] more) as described above."""
+    def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:  # [B, tree.n] bool kept
         ...
 
-    def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None: ...
+    def observe(self, ctx: StepContext, proposal: Proposal, num_accepted: torch.Tensor) -> None: ...
+
+
+def keep_top(tree: TreeBuilder, count: torch.Tensor) -> torch.Tensor:  # [B, n] bool
+    """Each row's ``count[b]`` most valuable nodes. A node's value never exceeds its parent's (a product of
+    probabilities), and ties go to the earlier column, so the kept set always holds its nodes' ancestors."""
+    n = tree.n
+    score = torch.where(tree.real[:, :n], tree.value[:, :n], -1.0)
+    order = torch.argsort(-score, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=order.device).expand_as(order))
+    return (rank < count.to(rank.device)[:, None]) & tree.real[:, :n]
 
 
 class StaticPolicy:
-    """Shared no-op parts: no state, no costs, propose every budgeted token."""
+    """Shared parts of the policies that do not learn: no state, no costs, nodes valued by draft probability,
+    the plan's node budget kept."""
 
     name = "static"
     needs_costs = False
 
-    def init_state(self, ctx: StepContext) -> None:
+    def init_rows(self, n: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def expand(self, ctx: StepContext, tree: TreeBuilder) -> bool:
+        tree.draft_values()
+        return True  # the drafter stops at the plan's depth
+
+    def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:
+        tree.draft_values()
+        return keep_top(tree, plan.nodes)
+
+    def observe(self, ctx: StepContext, proposal: Proposal, num_accepted: torch.Tensor) -> None:
         return None
 
-    def keep_drafting(self, ctx: StepContext, pos: int, top1: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(top1, dtype=torch.bool)
-
-    def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        return None
+    @staticmethod
+    def full(ctx: StepContext, value: int) -> torch.Tensor:
+        return torch.full((ctx.batch_size,), value, dtype=torch.long)

@@ -1,14 +1,14 @@
 """``ema``: step γ up or down from an exponential moving average of the accepted length (SGLang's adaptive mode).
 
 γ goes up by one when the EMA of accepted tokens per step reaches 80 % of γ (drafts are mostly kept) and down by
-one when it falls under 40 % (most drafted tokens are wasted), per sequence, within [1, gamma_max].
+one when it falls under 40 % (most drafted tokens are wasted), per sequence, within [1, gamma_max]; chains.
 """
 
 from __future__ import annotations
 
 import torch
 
-from speckv.policies.base import StaticPolicy, StepContext
+from speckv.policies.base import Plan, StaticPolicy, StepContext
 
 UP, DOWN = 0.8, 0.4
 
@@ -19,17 +19,18 @@ class EmaPolicy(StaticPolicy):
     def __init__(self, gamma: int, gamma_max: int, alpha: float) -> None:
         self.gamma0, self.gamma_max, self.alpha = max(gamma, 1), gamma_max, alpha
 
-    def init_state(self, ctx: StepContext) -> None:
-        ctx.state["gamma"] = torch.full((ctx.batch_size,), self.gamma0, dtype=torch.long)
-        ctx.state["ema"] = torch.full((ctx.batch_size,), self.gamma0 * 0.6)
+    def init_rows(self, n: int) -> dict[str, torch.Tensor]:
+        return {"gamma": torch.full((n,), self.gamma0, dtype=torch.long), "ema": torch.full((n,), self.gamma0 * 0.6)}
 
-    def budget(self, ctx: StepContext) -> torch.Tensor:
-        return ctx.state["gamma"].clamp(max=min(self.gamma_max, ctx.gamma_max))
+    def plan(self, ctx: StepContext) -> Plan:
+        gamma = ctx.state["gamma"].clamp(max=min(self.gamma_max, ctx.gamma_max))
+        return Plan(nodes=gamma, depth=int(gamma.max()), lookup=False)
 
-    def observe(self, ctx: StepContext, num_draft: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        drafted = num_draft > 0
-        ema = torch.where(drafted, self.alpha * num_accepted + (1 - self.alpha) * ctx.state["ema"], ctx.state["ema"])
-        gamma = ctx.state["gamma"]
+    def observe(self, ctx: StepContext, proposal, num_accepted: torch.Tensor) -> None:
+        drafted = proposal.num_nodes.cpu() > 0
+        state = ctx.state
+        ema = torch.where(drafted, self.alpha * num_accepted + (1 - self.alpha) * state["ema"], state["ema"])
+        gamma = state["gamma"]
         step = torch.where(ema >= UP * gamma, 1, torch.where(ema < DOWN * gamma, -1, 0))
-        ctx.state["ema"] = ema
-        ctx.state["gamma"] = (gamma + torch.where(drafted, step, 0)).clamp(1, self.gamma_max)
+        state["ema"] = ema
+        state["gamma"] = (gamma + torch.where(drafted, step, 0)).clamp(1, self.gamma_max)

@@ -1,0 +1,170 @@
+"""The engine loop in a background thread: Serve streams from it, the batch job keeps it full from a queue of rows.
+
+:class:`EngineLoop` owns one :class:`~speckv.engine.SpecEngine` and runs ``step()`` in its own thread while any
+request is unfinished; callers in other threads (an asyncio event loop, Ray actor threads) hand it requests and
+aborts through a queue, so a step never waits on a caller and a caller never waits on a step. Each request gets its
+deltas through a callback run on the engine thread:
+
+* :meth:`EngineLoop.stream` — an async iterator of :class:`~speckv.sequence.Delta` for one request (Serve): tokens
+  as they are committed; closing the iterator early (a client that disconnected) aborts the request;
+* :meth:`EngineLoop.submit` — a ``concurrent.futures.Future`` of the finished result (the batch job).
+
+Input errors (a prompt over the context) surface in the caller's thread, from :meth:`SpecEngine.prepare`; a fault
+in the engine itself finishes every request in flight with ``finish_reason='error'`` and is kept in :attr:`fault`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, as_completed
+
+from speckv.config import GenerationRequest
+from speckv.engine import SpecEngine
+from speckv.sequence import Delta, GenerationResult
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """More requests in flight than the loop accepts (``max_pending``): the caller should back off (HTTP 429)."""
+
+
+class EngineLoop:
+    def __init__(self, engine: SpecEngine, max_pending: int = 256) -> None:
+        self.engine, self.max_pending = engine, max_pending
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add", seq, callback) | ("abort", id)
+        self._callbacks: dict[str, Callable[[Delta], None]] = {}
+        self._in_flight = 0
+        self._lock = threading.Lock()  # guards _in_flight only
+        self._wake = threading.Event()
+        self._closed = False
+        self.fault: str | None = None
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="speckv-engine", daemon=True)
+        self._thread.start()
+
+    # ---- callers' side ----------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def running(self) -> int:
+        return self.engine.num_running
+
+    @property
+    def waiting(self) -> int:
+        return max(self._in_flight - self.engine.num_running, 0)
+
+    def add(self, request: GenerationRequest, callback: Callable[[Delta], None]) -> str:
+        """Queue ``request``; ``callback(delta)`` runs on the engine thread for each of its deltas, the last one
+        finished. Raises RequestError (bad input) or Overloaded at once."""
+        if self.fault is not None:
+            raise RuntimeError(f"engine fault: {self.fault}")
+        seq = self.engine.prepare(request)
+        with self._lock:
+            if self._in_flight >= self.max_pending:
+                raise Overloaded(f"{self._in_flight} requests in flight (max_pending={self.max_pending})")
+            self._in_flight += 1
+        self._inbox.put(("add", seq, callback))
+        self._wake.set()
+        return seq.id
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id, None))
+        self._wake.set()
+
+    def submit(self, request: GenerationRequest) -> Future:
+        """A Future of the request's GenerationResult."""
+        future: Future = Future()
+
+        def done(delta: Delta) -> None:
+            if delta.finished:
+                future.set_result(delta.result)
+
+        self.add(request, done)
+        return future
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """The request's deltas as they are committed. Closing the iterator before the last one aborts it."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue = asyncio.Queue()
+        request_id = self.add(request, lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+        finished = False
+        try:
+            while not finished:
+                delta = await deltas.get()
+                finished = delta.finished
+                yield delta
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    # ---- the engine thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        engine = self.engine
+        while not self._closed:
+            self._drain_inbox()
+            if not engine.has_unfinished():
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            try:
+                deltas = engine.step()
+            except Exception as exc:  # noqa: BLE001 — an engine fault must not kill the thread silently
+                log.exception("engine step failed")
+                self.fault = f"{type(exc).__name__}: {exc}"
+                self._fail_all(self.fault)
+                return
+            self.steps += 1
+            for delta in deltas:
+                self._deliver(delta)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, item, callback = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self._callbacks[item.id] = callback
+                self.engine.add_request(item)
+            else:
+                self.engine.abort(item)
+
+    def _deliver(self, delta: Delta) -> None:
+        callback = self._callbacks.get(delta.request_id)
+        if delta.finished:
+            self._callbacks.pop(delta.request_id, None)
+            with self._lock:
+                self._in_flight -= 1
+        if callback is not None:
+            try:
+                callback(delta)
+            except Exception:  # noqa: BLE001 — one caller's broken callback must not stop the others
+                log.exception("delta callback for %s failed", delta.request_id)
+
+    def _fail_all(self, message: str) -> None:
+        self._drain_inbox()
+        for request_id in list(self._callbacks):
+            result = GenerationResult(id=request_id, task=None, prompt="", status="error",
+                                      error=f"engine error: {message}", actor_id=self.engine.actor_id)
+            self._deliver(Delta(request_id, [], "", "error", result))
+
+
+def wait_all(futures: list[Future], progress: Callable[[GenerationResult], None] | None = None
+             ) -> list[GenerationResult]:
+    """Results in the futures' order, calling ``progress`` for each as it finishes (in completion order)."""
+    for future in as_completed(futures):
+        if progress:
+            progress(future.result())
+    return [f.result() for f in futures]
