@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from speckv.engine import GenerationResult
+from speckv.sequence import GenerationResult
+from speckv.telemetry import RequestStats
 
 #: Chat message roles the engine's chat template understands.
 Role = Literal["system", "user", "assistant"]
@@ -132,23 +133,12 @@ def usage(results: list[GenerationResult]) -> dict:
 
 
 def spec_metrics(results: list[GenerationResult], policy: str) -> dict:
-    """The request's speculative-decoding figures, vLLM's names and conventions (see speckv.telemetry):
-    ``mean_acceptance_length`` = tokens emitted per verify step, bonus token included."""
-    steps = sum(r.summary.get("num_spec_steps") or 0 for r in results)
-    drafted = sum(r.summary.get("num_draft_tokens") or 0 for r in results)
-    accepted = sum(r.summary.get("num_accepted_tokens") or 0 for r in results)
-    histograms = [r.summary.get("acceptance_histogram") or [] for r in results]
-    width = max((len(h) for h in histograms), default=0)
-    return {"speculative_decoding": {
-        "policy": policy,
-        "num_spec_steps": steps,
-        "num_draft_tokens": drafted,
-        "num_accepted_tokens": accepted,
-        "mean_acceptance_length": (accepted + steps) / steps if steps else None,
-        "draft_acceptance_rate": accepted / drafted if drafted else None,
-        "mean_gamma": drafted / steps if steps else None,
-        "acceptance_histogram": [sum(h[i] for h in histograms if i < len(h)) for i in range(width)],
-    }}
+    """The request's speculative-decoding figures: the SUMMARY_FIELDS of speckv.telemetry (vLLM's names and
+    conventions: ``mean_acceptance_length`` = tokens emitted per verify step, bonus token included) plus the
+    policy and the mean number of candidates verified per step."""
+    stats = RequestStats.of([r.summary for r in results])
+    return {"speculative_decoding": {"policy": policy, **stats.summary(),
+                                     "mean_gamma": stats.drafted / stats.steps if stats.steps else None}}
 
 
 def completion_body(request_id: str, model: str, results: list[GenerationResult], policy: str) -> dict:
@@ -182,20 +172,10 @@ def chat_chunk(request_id: str, model: str, created: int, delta: dict, finish_re
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
 
 
-def text_deltas(tokenizer, result: GenerationResult) -> list[str]:
-    """Split ``result.text`` into one piece per generated token (pieces join to exactly ``result.text``).
-
-    Decodes growing prefixes so multi-byte characters split across tokens come out whole (a prefix that ends in
-    U+FFFD waits for the next token)."""
-    text, pieces, sent = result.text, [], 0
-    for n in range(1, len(result.token_ids) + 1):
-        prefix = tokenizer.decode(result.token_ids[:n], skip_special_tokens=True)
-        if prefix.endswith("\ufffd"):
-            continue
-        end = min(len(prefix), len(text))
-        if end > sent:
-            pieces.append(text[sent:end])
-            sent = end
-    if sent < len(text):
-        pieces.append(text[sent:])
-    return pieces
+def final_chunk(obj: str, request_id: str, model: str, created: int, body: _SamplingFields,
+                results: list[GenerationResult], policy: str) -> dict:
+    """OpenAI's usage chunk (empty choices), sent always: ``usage`` is null unless ``include_usage``; the
+    speculative-decoding figures ride on it."""
+    include = body.stream_options is not None and body.stream_options.include_usage
+    return {"id": request_id, "object": obj, "created": created, "model": model, "choices": [],
+            "usage": usage(results) if include else None, "metrics": spec_metrics(results, policy)}

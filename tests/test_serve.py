@@ -40,7 +40,7 @@ def _free_port() -> int:
 def _engine_args(target: Path, draft: Path) -> dict:
     return {
         "target": {"source": str(target), "dtype": "fp32", "device": "cpu"},
-        "draft": {"kind": "lm", "source": str(draft)},
+        "draft": {"kind": "lm", "source": str(draft), "lookup": False},
         "policy": {"name": "fixed", "gamma": 3},
         "max_batch_size": 8,
         "threads": 1,
@@ -75,7 +75,7 @@ def base_url(engine_args, telemetry_dir, metrics_port):
             "model_name": MODEL,
             "engine": engine_args,
             "num_cpus": 0.5,
-            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "telemetry_dir": str(telemetry_dir)},
+            "serving": {"max_pending": 128, "telemetry_dir": str(telemetry_dir), "telemetry_every": 4},
         })
         serve.run(app, name="speckv", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
@@ -161,6 +161,40 @@ def test_streaming_completion_and_chat_join_to_the_full_text(client):
     assert "".join(pieces) == chat.choices[0].message.content
 
 
+def test_tokens_stream_as_they_are_committed(base_url):
+    """Chunks leave the server while the reply is still being generated, one engine step's text each: the first
+    arrives long before the last (the whole reply is not replayed after the fact)."""
+    body = {"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 96, "temperature": 0, "stream": True,
+            "stop": None}
+    arrivals, texts = [], []
+    with requests.post(f"{base_url}/v1/completions", json=body, timeout=120, stream=True) as resp:
+        for line in resp.iter_lines(decode_unicode=True):
+            if line.startswith("data: {"):
+                choices = json.loads(line[len("data: "):])["choices"]
+                if choices and choices[0]["text"]:
+                    arrivals.append(time.perf_counter())
+                    texts.append(choices[0]["text"])
+    assert len(texts) > 5  # many steps' worth of chunks (a chain of 3 commits at most 4 tokens a step)
+    spread = arrivals[-1] - arrivals[0]
+    assert spread > 0 and arrivals[1] - arrivals[0] < spread  # they came over time, not in one burst
+
+
+def test_a_disconnected_client_frees_its_slot(base_url, metrics_port):
+    """Closing a stream mid-reply aborts the request in the engine: its slot is free again, nothing is left running."""
+    body = {"model": MODEL, "prompt": PROMPTS[1], "max_tokens": 600, "temperature": 0, "stream": True}
+    with requests.post(f"{base_url}/v1/completions", json=body, timeout=120, stream=True) as resp:
+        for line in resp.iter_lines(decode_unicode=True):
+            if '"text": "' in line and '"text": ""' not in line:
+                break  # one chunk of text, then hang up
+    deadline, health = time.time() + 30, {}
+    while time.time() < deadline:
+        health = requests.get(f"{base_url}/health", timeout=10).json()
+        if health["running"] == 0 and health["waiting"] == 0:
+            break
+        time.sleep(0.2)
+    assert health == {"status": "ok", "running": 0, "waiting": 0}
+
+
 def test_stream_is_server_sent_events_ending_in_done(base_url):
     body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0, "stream": True}
     with requests.post(f"{base_url}/v1/completions", json=body, timeout=60, stream=True) as resp:
@@ -236,10 +270,13 @@ def test_bad_chat_input_gets_4xx_through_the_client(client):
 
 
 def test_spec_metrics_reach_prometheus(client, metrics_port):
-    """Acceptance counters and the γ histogram are exported by Ray's metrics agent (Prometheus text format)."""
+    """Latency (time to first token, per output token), load (running, waiting) and the spec-decoding figures are
+    exported by Ray's metrics agent (Prometheus text format)."""
     client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0)
     wanted = ("ray_speckv_draft_tokens", "ray_speckv_accepted_tokens", "ray_speckv_acceptance_rate",
-              "ray_speckv_gamma_bucket")
+              "ray_speckv_acceptance_length_bucket", "ray_speckv_time_to_first_token_seconds_bucket",
+              "ray_speckv_time_per_output_token_seconds_bucket", "ray_speckv_num_requests_running",
+              "ray_speckv_num_requests_waiting")
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:
         try:
@@ -253,28 +290,65 @@ def test_spec_metrics_reach_prometheus(client, metrics_port):
     assert not missing, f"not exported: {missing}"
 
 
-def test_overload_gets_503_not_a_crash_or_a_hang(base_url, engine_args):
-    """A replica that holds 1 request with 1 more queued: a burst of 10 gets some 503s, quickly, then recovers."""
+def test_overload_gets_429_or_503_not_a_crash_or_a_hang(base_url, engine_args):
+    """A replica whose engine loop holds 2 requests and whose Serve queue holds 2 more: a burst of 12 gets some
+    429s (the loop's own bound, with an OpenAI error body) or 503s (Serve's), quickly, then it serves again."""
     from deploy.app import SpecKVServer
 
     app = SpecKVServer.options(
-        max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0.5},
-        user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+        max_ongoing_requests=4, max_queued_requests=2, ray_actor_options={"num_cpus": 0.5},
+        user_config={"max_pending": 2},
     ).bind({"model_name": MODEL, "engine": engine_args})
     serve.run(app, name="overload", route_prefix="/overload")
     try:
         body = {"model": MODEL, "prompt": "Count to one hundred:", "max_tokens": 300, "temperature": 0,
                 "stop": None}
 
-        def post(_: int) -> int:
-            return requests.post(f"{base_url}/overload/v1/completions", json=body, timeout=120).status_code
+        def post(_: int) -> tuple[int, dict]:
+            resp = requests.post(f"{base_url}/overload/v1/completions", json=body, timeout=120)
+            return resp.status_code, resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
 
         start = time.time()
-        with ThreadPoolExecutor(10) as pool:
-            codes = list(pool.map(post, range(10)))
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(post, range(12)))
+        codes = [c for c, _ in answers]
         assert set(codes) <= {200, 429, 503}, codes
         assert 200 in codes and (429 in codes or 503 in codes), codes
+        assert all(b["error"]["type"] == "rate_limit_error" for c, b in answers if c == 429)
         assert time.time() - start < 120
-        assert post(0) == 200  # still serving
+        assert post(0)[0] == 200  # still serving
     finally:
         serve.delete("overload")
+
+
+def test_64_streaming_clients_some_leaving_some_malformed(base_url, client):
+    """Every well-formed request whose client stays completes exactly once; clients that leave and malformed
+    bodies cost nothing else; no 5xx."""
+    def one(i: int) -> tuple[str, object]:
+        if i % 8 == 3:  # malformed: a 4xx, never a 5xx
+            resp = requests.post(f"{base_url}/v1/completions", json={"model": MODEL, "prompt": "", "max_tokens": 5},
+                                 timeout=60)
+            return "bad", resp.status_code
+        if i % 8 == 5:  # leaves after the first chunk
+            body = {"model": MODEL, "prompt": f"Tell me about item {i}", "max_tokens": 200, "stream": True,
+                    "temperature": 0}
+            with requests.post(f"{base_url}/v1/completions", json=body, timeout=120, stream=True) as resp:
+                next(resp.iter_lines())
+                return "left", resp.status_code
+        stream = client.completions.create(model=MODEL, prompt=f"Tell me about item {i}", max_tokens=MAX_TOKENS,
+                                           temperature=0, stream=True)
+        chunks = [c for c in stream if c.choices]
+        return "ok", (chunks[-1].choices[0].finish_reason, "".join(c.choices[0].text for c in chunks))
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(one, range(64)))
+    assert [code for kind, code in answers if kind == "bad"] == [400] * 8
+    assert all(code == 200 for kind, code in answers if kind == "left")
+    finished = [value for kind, value in answers if kind == "ok"]
+    assert len(finished) == 48 and all(reason in ("stop", "length") and text for reason, text in finished)
+    health = requests.get(f"{base_url}/health", timeout=10).json()
+    deadline = time.time() + 30
+    while (health["running"] or health["waiting"]) and time.time() < deadline:
+        time.sleep(0.2)
+        health = requests.get(f"{base_url}/health", timeout=10).json()
+    assert health["running"] == 0 and health["waiting"] == 0  # the clients that left were aborted, not kept running
