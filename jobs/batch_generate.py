@@ -24,7 +24,14 @@ How every input line ends up in the outputs exactly once:
   every input line is there exactly once (exit status 1 if not).
 
 Duplicate ids would make "done" ambiguous, so the second and later lines carrying an id become error rows with the
-id ``<id>#line<N>``. Progress: Ray Data's progress bars, plus a line with rows/s and tokens/s on stderr.
+id ``<id>#line<N>``.
+
+How the engine's batch stays full: each actor runs one engine loop (``speckv.loop.EngineLoop``, continuous
+batching) and takes ``--calls-in-flight`` Ray Data calls at once (threads); every call hands its rows to the same
+loop and waits for them, so rows of the next call join the running batch as rows of the last one finish, and the
+batch holds at ``--batch-size`` until the input runs out (``--scheduling static`` keeps the old static batches, for
+comparison). Progress: each actor prints rows done and tokens/s every 10 s (from model loading on), the driver a
+line every 10 s, and the final summary names the machine and its measured verify costs (speckv.report).
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from speckv.cli import add_engine_arguments, engine_config, sampling_defaults
 from speckv.config import EMBEDDED, EngineConfig, SamplingParams
-from speckv.io import InputError, error_row, parse_row, read_input_lines, row_id, write_parquet
+from speckv.io import InputError, error_row, explain, machine_records, parse_row, read_input_lines, row_id, write_parts
 
 log = logging.getLogger("speckv.batch")
 
@@ -65,7 +74,10 @@ class JobConfig(BaseModel):
     input: str = Field(description="prompts: .jsonl or .parquet")
     output: str = Field(description="output directory (shared by all nodes on a multi-node cluster)")
     actors: int = Field(1, ge=1, le=4096, description="engines in the pool, one model copy each")
-    rows_per_call: int | None = Field(None, ge=1, description="rows per actor call (one output part); default 4×batch")
+    rows_per_call: int | None = Field(None, ge=1, description="rows per actor call (one output part); default: the "
+                                      "batch size")
+    calls_in_flight: int = Field(3, ge=1, le=64, description="actor calls running at once on each actor, all feeding "
+                                 "its one engine loop: enough rows to keep the batch full across calls")
     cpus_per_actor: float | None = Field(None, gt=0, description="default: the cluster's CPUs shared by the actors")
     gpus_per_actor: float | None = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0")
     address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS, a running cluster, or local")
@@ -74,7 +86,7 @@ class JobConfig(BaseModel):
 
     @property
     def call_rows(self) -> int:
-        return self.rows_per_call or 4 * self.engine.max_batch_size
+        return self.rows_per_call or self.engine.max_batch_size
 
 
 class ConfigError(ValueError):
@@ -95,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="output directory; absolute under `ray job submit`")
     job = parser.add_argument_group("ray")
     job.add_argument("--actors", type=int, default=1, help="actor pool size (one engine each)")
-    job.add_argument("--rows-per-call", type=int, default=None, help="rows per actor call; default 4 × --batch-size")
+    job.add_argument("--rows-per-call", type=int, default=None, help="rows per actor call; default --batch-size")
+    job.add_argument("--calls-in-flight", type=int, default=3,
+                     help="calls running at once on each actor, feeding its one engine loop (default 3)")
     job.add_argument("--cpus-per-actor", type=float, default=None,
                      help="fractional allowed; default: cluster CPUs / actors")
     job.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 if the cluster has GPUs, else 0")
@@ -110,14 +124,12 @@ def _file_schema(parser: argparse.ArgumentParser) -> type[BaseModel]:
     for action in parser._actions:
         if action.dest in ("help", "config"):
             continue
-        kind: Any = Literal[tuple(action.choices)] if action.choices else (action.type or str)
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            kind: Any = bool
+        else:
+            kind = Literal[tuple(action.choices)] if action.choices else (action.type or str)
         fields[action.dest] = (kind | None, None)
     return create_model("JobFile", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def _explain(exc: ValidationError, where: str) -> str:
-    lines = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
-    return f"{where}:\n  " + "\n  ".join(lines)
 
 
 def load_config(argv: list[str] | None = None) -> JobConfig:
@@ -137,7 +149,7 @@ def load_config(argv: list[str] | None = None) -> JobConfig:
         try:
             from_file = _file_schema(parser).model_validate({str(k).replace("-", "_"): v for k, v in raw.items()})
         except ValidationError as exc:
-            raise ConfigError(_explain(exc, f"{path}")) from None
+            raise ConfigError(explain(exc, f"{path}")) from None
         # flags typed on the command line win over the file: parse again with every default unset to find them
         bare = build_parser()
         for action in bare._actions:
@@ -151,10 +163,11 @@ def load_config(argv: list[str] | None = None) -> JobConfig:
         raise ConfigError(f"required: {', '.join(missing)}")
     try:
         return JobConfig(input=args.input, output=args.output, actors=args.actors, rows_per_call=args.rows_per_call,
-                         cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                         address=args.address, engine=engine_config(args), sampling=sampling_defaults(args))
+                         calls_in_flight=args.calls_in_flight, cpus_per_actor=args.cpus_per_actor,
+                         gpus_per_actor=args.gpus_per_actor, address=args.address, engine=engine_config(args),
+                         sampling=sampling_defaults(args))
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, "invalid settings")) from None
+        raise ConfigError(explain(exc, "invalid settings")) from None
 
 
 def check_paths(config: JobConfig) -> tuple[Path, Path]:
@@ -225,12 +238,16 @@ def part_name(ids: list[str]) -> str:
 
 
 class GenerateBatch:
-    """One engine per actor, loaded once; each call generates a batch of rows and writes one part."""
+    """One engine loop per actor, loaded once; each call hands its rows to the loop and writes one part.
+
+    Several calls run at once (``calls_in_flight`` threads), so the loop's batch stays full across them."""
 
     def __init__(self, config_json: str, out_dir: str, threads: int) -> None:
         import ray
 
         from speckv.engine import SpecEngine
+        from speckv.loop import EngineLoop
+        from speckv.report import machine_record
 
         config = JobConfig.model_validate_json(config_json)
         engine_cfg = config.engine
@@ -238,62 +255,78 @@ class GenerateBatch:
             engine_cfg = engine_cfg.model_copy(update={"threads": threads})
         actor = ray.get_runtime_context().get_actor_id() or "local"
         self.actor_id = f"{actor[:8]}-pid{os.getpid()}"
+        self.progress = ActorProgress(self.actor_id)
+        self.progress.say("loading the engine (first run on a machine: GGUF conversion, dtype and cost measurement)")
         self.engine = SpecEngine(engine_cfg, actor_id=self.actor_id)
+        self.machine = machine_record(self.engine)
+        self.loop = EngineLoop(self.engine, max_pending=1 << 20)
+        self.progress.say(f"ready: {self.machine['target_dtype']} target, {self.machine['cpu_capability']}")
+        self.progress.begin()
         self.defaults = config.sampling
         self.policy = config.engine.policy.name
         self.out_dir = Path(out_dir)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = batch.to_pylist()
-        rows: dict[str, dict] = {}
+        parts: dict[str, object] = {}  # id -> its GenerationResult, or an error row
         requests = []
         for item in items:
             if item["error"]:
-                rows[item["id"]] = self._error(item, item["error"])
+                parts[item["id"]] = self._error(item, item["error"])
                 continue
             try:
                 requests.append(parse_row(item["raw"], item["line"], self.defaults))
             except InputError as exc:
-                rows[item["id"]] = self._error(item, str(exc))
-        steps = []
+                parts[item["id"]] = self._error(item, str(exc))
         line_of = {item["id"]: item["line"] for item in items}
         for result in self._generate(requests):
             if result.status == "error":  # the engine's own checks (over-long prompt, ...) say which line, too
                 result.error = f"line {line_of[result.id]}: {result.error}"
-            rows[result.id] = result.output_row()
-            steps.extend(result.steps)
-        ordered = [rows[item["id"]] for item in items]
+            parts[result.id] = result
+        ordered = [parts[item["id"]] for item in items]
         name = part_name([item["id"] for item in items])
-        write_parquet(ordered, steps, self.out_dir, name)
+        write_parts(ordered, self.out_dir, name, machine=self.machine)
         self._maybe_crash()
+        rows = [p if isinstance(p, dict) else p.output_row() for p in ordered]
         return pa.table({
-            "id": [r["id"] for r in ordered],
-            "status": [r["status"] for r in ordered],
-            "num_generated_tokens": [int(r.get("num_generated_tokens") or 0) for r in ordered],
-            "part": [name] * len(ordered),
+            "id": [r["id"] for r in rows],
+            "status": [r["status"] for r in rows],
+            "num_generated_tokens": [int(r.get("num_generated_tokens") or 0) for r in rows],
+            "part": [name] * len(rows),
         })
 
     def _generate(self, requests: list) -> list:
-        """The whole batch at once; if the engine itself fails (a bug, out of memory), each row alone, so one bad
-        row costs only itself."""
-        if not requests:
-            return []
-        try:
-            return self.engine.generate(requests)
-        except Exception as exc:  # noqa: BLE001 — isolate the failing row instead of failing the job
-            log.warning("engine failed on a batch of %d (%s: %s); retrying row by row", len(requests),
-                        type(exc).__name__, exc)
-        results = []
-        for request in requests:
-            try:
-                results.extend(self.engine.generate([request]))
-            except Exception as exc:  # noqa: BLE001 — this row becomes an error row
-                from speckv.engine import GenerationResult
+        """Every request through the actor's engine loop. A request the engine refuses (over-long prompt) is an
+        error row; if the engine itself fails (a bug, out of memory), a fresh loop retries each row alone, so one
+        bad row costs only itself."""
+        from speckv.engine import GenerationResult, RequestError
+        from speckv.loop import EngineLoop, wait_all
 
-                results.append(GenerationResult(id=request.id, task=request.task, prompt=request.prompt or "",
-                                                status="error", error=f"engine error: {type(exc).__name__}: {exc}",
-                                                policy=self.policy, actor_id=self.actor_id))
-        return results
+        def submit(request):
+            try:
+                return self.loop.submit(request)
+            except RequestError as exc:
+                failed = Future()
+                failed.set_result(GenerationResult(id=request.id, task=request.task, prompt=request.prompt or "",
+                                                   status="error", error=str(exc), policy=self.policy,
+                                                   actor_id=self.actor_id))
+                return failed
+
+        results = wait_all([submit(r) for r in requests], self.progress.finished)
+        if self.loop.fault is None:
+            return results
+        log.warning("engine fault (%s): retrying this call's rows one by one", self.loop.fault)
+        self.engine.reset()
+        self.loop = EngineLoop(self.engine, max_pending=1 << 20)
+        retried = []
+        for request, result in zip(requests, results):
+            if result.status == "error" and (result.error or "").startswith("engine error"):
+                result = wait_all([submit(request)])[0]
+                if self.loop.fault is not None:
+                    self.engine.reset()
+                    self.loop = EngineLoop(self.engine, max_pending=1 << 20)
+            retried.append(result)
+        return retried
 
     def _error(self, item: dict, message: str) -> dict:
         try:
@@ -315,34 +348,73 @@ class GenerateBatch:
         os._exit(1)  # like a killed process: no cleanup, no exception for Ray to report
 
 
+class ActorProgress:
+    """Rows done and tokens/s of one actor, on its log (Ray forwards it to the driver) every ``every_s``."""
+
+    def __init__(self, actor_id: str, every_s: float = 10.0) -> None:
+        self.actor_id, self.every_s = actor_id, every_s
+        self.rows = self.tokens = 0
+        self.start_time = time.perf_counter()
+        self._lock = threading.Lock()
+
+    def say(self, message: str) -> None:
+        print(f"[actor {self.actor_id}] {message}", file=sys.stderr, flush=True)
+
+    def finished(self, result) -> None:
+        with self._lock:
+            self.rows += 1
+            self.tokens += len(result.token_ids)
+
+    def begin(self) -> None:
+        """Report every ``every_s`` from now on (generation time: model loading is over)."""
+        self.start_time = time.perf_counter()
+        threading.Thread(target=self._report, daemon=True).start()
+
+    def _report(self) -> None:
+        while True:
+            time.sleep(self.every_s)
+            wall = time.perf_counter() - self.start_time
+            self.say(f"{self.rows} rows done, {self.tokens} tokens, {self.tokens / wall:.1f} tok/s")
+
+
 # ---------------------------------------------------------------------------------------------------- driver
 
 
 class Progress:
-    """Rows and tokens per second on stderr, at most every few seconds (Ray Data draws its own bars too)."""
+    """Rows and tokens per second on stderr: as blocks arrive, and every ``every_s`` even when none does."""
 
-    def __init__(self, total: int, every_s: float = 5.0) -> None:
+    def __init__(self, total: int, every_s: float = 10.0) -> None:
         self.total, self.every_s = total, every_s
         self.seen: set[str] = set()
         self.errors = self.tokens = 0
         self.start = self.last = time.perf_counter()
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
 
     def update(self, block: pa.Table) -> None:
-        for rid, status, tokens in zip(*(block.column(c).to_pylist() for c in ("id", "status", "num_generated_tokens"))):
-            if rid in self.seen:  # a retried call's rows, already counted
-                continue
-            self.seen.add(rid)
-            self.errors += status != "ok"
-            self.tokens += tokens
-        if time.perf_counter() - self.last >= self.every_s:
-            self.report()
+        with self._lock:
+            for rid, status, tokens in zip(*(block.column(c).to_pylist()
+                                             for c in ("id", "status", "num_generated_tokens"))):
+                if rid in self.seen:  # a retried call's rows, already counted
+                    continue
+                self.seen.add(rid)
+                self.errors += status != "ok"
+                self.tokens += tokens
 
     def report(self, final: bool = False) -> None:
-        self.last = time.perf_counter()
-        wall = max(self.last - self.start, 1e-9)
-        print(f"[batch_generate] {'done' if final else 'progress'}: {len(self.seen)}/{self.total} rows "
-              f"({self.errors} errors) | {len(self.seen) / wall:.2f} rows/s | {self.tokens} tokens, "
-              f"{self.tokens / wall:.1f} tok/s | {wall:.0f} s", file=sys.stderr, flush=True)
+        with self._lock:
+            self.last = time.perf_counter()
+            wall = max(self.last - self.start, 1e-9)
+            print(f"[batch_generate] {'done' if final else 'progress'}: {len(self.seen)}/{self.total} rows "
+                  f"({self.errors} errors) | {len(self.seen) / wall:.2f} rows/s | {self.tokens} tokens, "
+                  f"{self.tokens / wall:.1f} tok/s | {wall:.0f} s", file=sys.stderr, flush=True)
+        if final:
+            self._done.set()
+
+    def _heartbeat(self) -> None:
+        while not self._done.wait(self.every_s):
+            self.report()
 
 
 def run_pipeline(config: JobConfig, items: list[dict], out_dir: Path) -> Progress:
@@ -370,7 +442,9 @@ def run_pipeline(config: JobConfig, items: list[dict], out_dir: Path) -> Progres
         fn_constructor_kwargs={"config_json": config.model_dump_json(), "out_dir": str(out_dir), "threads": threads},
         batch_size=config.call_rows,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=config.actors),
+        # several calls at once per actor, all feeding its one engine loop (GenerateBatch's docstring)
+        compute=ray.data.ActorPoolStrategy(size=config.actors, max_concurrent_calls_per_actor=config.calls_in_flight,
+                                           enable_true_multi_threading=True),
         num_cpus=cpus,
         num_gpus=gpus,
     )
@@ -379,6 +453,20 @@ def run_pipeline(config: JobConfig, items: list[dict], out_dir: Path) -> Progres
         progress.update(block)
     progress.report(final=True)
     return progress
+
+
+def machine_summary(out_dir: Path) -> list[str]:
+    """Where the job ran and what that machine allows (speckv.report), from the telemetry it wrote."""
+    from speckv.report import summary_lines
+
+    records = machine_records(out_dir / "telemetry") if (out_dir / "telemetry").is_dir() else []
+    if not records:
+        return []
+    nodes = steps = 0
+    for part in sorted((out_dir / "telemetry").glob("*.parquet")):
+        column = pq.read_table(part, columns=["num_draft_tokens"]).column("num_draft_tokens")
+        nodes, steps = nodes + sum(column.to_pylist()), steps + len(column)
+    return summary_lines(records[-1], nodes / steps if steps else None)
 
 
 def account(items: list[dict], out_dir: Path) -> tuple[dict, list[str], list[str]]:
@@ -422,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     statuses, missing, doubled = account(items, out_dir)
     print(f"[batch_generate] {len(items)} input rows -> {out_dir}/outputs: {statuses.get('ok', 0)} ok, "
           f"{statuses.get('error', 0)} error; telemetry in {out_dir}/telemetry", file=sys.stderr)
+    for line in machine_summary(out_dir):
+        print(f"[batch_generate] {line}", file=sys.stderr)
     if missing or doubled:
         print(f"[batch_generate] error: {len(missing)} rows missing {missing[:5]}, {len(doubled)} rows written more "
               f"than once {doubled[:5]}", file=sys.stderr)

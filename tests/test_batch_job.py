@@ -102,7 +102,7 @@ def killed_run(ray_cluster, tiny_pair_dirs, tmp_path_factory):
         assert time.monotonic() < deadline, "batch job did not finish in 300 s"
         time.sleep(1)
     logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    assert status == JobStatus.SUCCEEDED, f"{client.get_job_info(job).message}\n{logs[-4000:]}"
     return root, out, expected, marker, logs
 
 
@@ -111,7 +111,9 @@ def test_job_survives_a_killed_actor_exactly_once(killed_run):
     assert marker.exists(), "the actor never crashed: the retry path went untested"
     check_exactly_once(out, expected)
     assert "rows/s" in logs and "tok/s" in logs  # progress line
+    assert "loading the engine" in logs and "ready:" in logs  # each actor says what it is doing from the start
     assert f"{len(expected)} input rows" in logs
+    assert "machine: " in logs and "CPU capability usage" in logs  # the final summary names the machine
 
 
 def test_rerun_resumes_without_regenerating(killed_run, ray_cluster, tiny_pair_dirs):
@@ -144,7 +146,7 @@ def test_rerun_resumes_without_regenerating(killed_run, ray_cluster, tiny_pair_d
 @pytest.mark.parametrize(
     ("extra", "config", "message"),
     [
-        (["--policy", "fixed", "--gamma", "40"], None, "gamma: Input should be less than or equal to 16"),
+        (["--policy", "fixed", "--gamma", "40"], None, "gamma: Input should be less than or equal to 32"),
         (["--target", "./no/such/model"], None, "target './no/such/model' does not exist"),
         ([], {"batch_size": 0}, "max_batch_size: Input should be greater than or equal to 1"),
         ([], {"policy": "best", "colour": "red"}, "colour: Extra inputs are not permitted"),
@@ -173,4 +175,4 @@ def test_flags_on_the_command_line_win_over_the_config_file(tmp_path):
     (tmp_path / "job.yaml").write_text("input: a.jsonl\noutput: /tmp/out\nbatch-size: 2\npolicy: ar\nactors: 3\n")
     config = batch_generate.load_config(["--config", str(tmp_path / "job.yaml"), "--batch-size", "8"])
     assert config.engine.max_batch_size == 8 and config.engine.policy.name == "ar" and config.actors == 3
-    assert config.input == "a.jsonl" and config.call_rows == 32
+    assert config.input == "a.jsonl" and config.call_rows == 8  # one call: a batch of the flag's size, not 2
