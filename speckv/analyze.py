@@ -23,10 +23,12 @@ from matplotlib.figure import Figure
 
 from speckv import oracle
 from speckv.io import read_table
+from speckv.telemetry import RequestStats
 
 #: columns the report reads, beyond the oracle's
 REQUIRED_COLUMNS = ("request_id", "task", "policy", "compression", "num_draft_tokens", "num_accepted_tokens",
-                    "num_emitted_tokens", "draft_top1", "draft_entropy", "draft_accept", "decision_ms",
+                    "num_emitted_tokens", "node_parent", "node_prob", "node_rank", "node_source", "node_match",
+                    "draft_top1", "draft_entropy", "draft_accept", "decision_ms", "accept_rate",
                     "gamma_max", *oracle.REQUIRED_COLUMNS)
 GROUP = ["policy", "compression"]
 NO_TASK = "(none)"
@@ -87,18 +89,37 @@ def load_steps(path: str | Path) -> pd.DataFrame:
 
 
 def position_table(steps: pd.DataFrame) -> pd.DataFrame:
-    """One row per drafted token: group, position i, draft top-1 probability, entropy, the target's agreement
-    given the drafted prefix, and whether the token was actually accepted (i < accepted prefix length)."""
-    lengths = steps["draft_accept"].map(len)
-    rows = steps.loc[steps.index.repeat(lengths), [*GROUP, "task", "num_accepted_tokens"]].reset_index(drop=True)
-    rows["position"] = np.concatenate([np.arange(n) for n in lengths]) if len(rows) else np.zeros(0, int)
-    rows["top1"] = np.concatenate([np.asarray(v, float) for v in steps["draft_top1"]]) if len(rows) else []
-    rows["entropy"] = np.concatenate([np.asarray(v, float) for v in steps["draft_entropy"]]) if len(rows) else []
-    rows["agree"] = np.concatenate([np.asarray(v, float) for v in steps["draft_accept"]]) if len(rows) else []
-    rows["accepted"] = (rows["position"] < rows["num_accepted_tokens"]).astype(float)
-    # reached: every earlier drafted token was accepted, so this position decided whether the prefix grows
-    rows["reached"] = rows["position"] <= rows["num_accepted_tokens"]
+    """One row per verified node: group, its depth (``position`` = depth − 1), draft top-1 probability, entropy, the
+    target's agreement given its parent, whether it was accepted (on the accepted path) and whether it was reached
+    (its parent was: the node decided whether the path grows)."""
+    from speckv.oracle import tree_arrays
+
+    if steps.empty or int(steps["num_draft_tokens"].max()) == 0:
+        return pd.DataFrame(columns=[*GROUP, "task", "position", "top1", "entropy", "agree", "accepted", "reached"])
+    arr = tree_arrays(steps.reset_index(drop=True))
+    real = arr["real"]
+    parent_on = np.concatenate([np.ones((len(real), 1), bool), arr["on_path"]], axis=1)
+    reached = np.take_along_axis(parent_on, arr["parent"], axis=1) & real
+    s_idx, n_idx = np.nonzero(real)
+    rows = steps.reset_index(drop=True).loc[s_idx, [*GROUP, "task"]].reset_index(drop=True)
+    rows["position"] = arr["depth"][s_idx, n_idx] - 1
+    rows["top1"], rows["entropy"] = arr["top1"][s_idx, n_idx], arr["entropy"][s_idx, n_idx]
+    rows["agree"] = arr["accept"][s_idx, n_idx].astype(float)
+    rows["accepted"] = arr["on_path"][s_idx, n_idx].astype(float)
+    rows["reached"] = reached[s_idx, n_idx]
     return rows
+
+
+def budget_table(steps: pd.DataFrame) -> pd.DataFrame:
+    """Accepted length by tree budget: steps, share of steps and mean acceptance length (bonus included) per
+    compression level and number of nodes verified."""
+    budget = pd.cut(steps["num_draft_tokens"], [-1, 0, 1, 2, 4, 8, 16, 32, 1 << 20],
+                    labels=["0", "1", "2", "3-4", "5-8", "9-16", "17-32", ">32"])
+    g = steps.assign(budget=budget).groupby(["compression", "budget"], observed=True)
+    table = pd.DataFrame({"steps": g.size(), "mean acceptance length": g["num_accepted_tokens"].mean() + 1,
+                          "mean depth": g["tree_depth"].mean() if "tree_depth" in steps else np.nan})
+    table["share of steps"] = table["steps"] / table.groupby(level="compression")["steps"].transform("sum")
+    return table
 
 
 def correlations(positions: pd.DataFrame) -> dict[str, float]:
@@ -117,8 +138,8 @@ def correlations(positions: pd.DataFrame) -> dict[str, float]:
 def group_metrics(rows: pd.DataFrame) -> pd.Series:
     """The report's columns for one group of replayed step rows (see speckv.oracle for the time conventions)."""
     steps = len(rows)
-    drafted = int(rows["num_draft_tokens"].sum())
-    accepted = int(rows["num_accepted_tokens"].sum())
+    acceptance = RequestStats(steps, int(rows["num_draft_tokens"].sum()), int(rows["num_accepted_tokens"].sum()))
+    acceptance = acceptance.summary()
     total_ms = rows["observed_ms"].sum()
     oracle_ms = rows["oracle_ms"].sum() * total_ms / rows["modelled_ms"].sum()  # as in oracle.gap_table
     tokens = rows["num_emitted_tokens"].sum()
@@ -128,9 +149,9 @@ def group_metrics(rows: pd.DataFrame) -> pd.Series:
     return pd.Series({
         "requests": rows["request_id"].nunique(),
         "steps": steps,
-        "mean γ": rows["num_draft_tokens"].mean(),
-        "mean acceptance length": (accepted + steps) / steps,
-        "draft acceptance rate": accepted / drafted if drafted else math.nan,
+        "mean nodes": rows["num_draft_tokens"].mean(),
+        "mean acceptance length": acceptance["mean_acceptance_length"],
+        "draft acceptance rate": acceptance["draft_acceptance_rate"] or math.nan,
         "tokens/s": 1e3 * tokens / total_ms if total_ms > 0 else math.nan,
         "oracle tokens/s": 1e3 * tokens / oracle_ms if oracle_ms > 0 else math.nan,
         "draft share": rows["observed_draft_ms"].sum() / total_ms if total_ms > 0 else math.nan,
@@ -228,7 +249,7 @@ def plot_acceptance_vs_signals(positions: pd.DataFrame, corr: dict[str, float], 
 
 
 def plot_gamma_histogram(steps: pd.DataFrame, out: Path) -> str:
-    """Share of steps per γ: one row of panels per policy, one column per compression level."""
+    """Share of steps per budget (nodes verified): one row of panels per policy, one column per compression level."""
     policies = sorted(steps["policy"].unique())
     levels = sorted(steps["compression"].unique())
     fig = Figure(figsize=(3.6 * len(levels) + 0.6, 2.8 * len(policies) + 0.4))
@@ -242,11 +263,11 @@ def plot_gamma_histogram(steps: pd.DataFrame, out: Path) -> str:
             continue
         counts = g["num_draft_tokens"].value_counts().reindex(range(gmax + 1), fill_value=0)
         ax.bar(counts.index, counts / counts.sum())
-        ax.set_title(f"{policy} · {level}  (mean γ {g['num_draft_tokens'].mean():.2f}, {len(g)} steps)", fontsize=9)
+        ax.set_title(f"{policy} · {level}  (mean {g['num_draft_tokens'].mean():.2f} nodes, {len(g)} steps)", fontsize=9)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3, axis="y")
         if r == len(policies) - 1:
-            ax.set_xlabel("γ (drafted tokens)")
+            ax.set_xlabel("nodes verified (γ for a chain)")
         if c == 0:
             ax.set_ylabel("share of steps")
     return _save(fig, out, "gamma_histogram.png")
@@ -372,7 +393,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 def build_report(steps: pd.DataFrame, out: Path, *, bins: int = 10, source: str = "") -> dict:
     """Compute every table and plot for ``steps`` (step telemetry rows) into ``out``; returns the summary dict."""
     out.mkdir(parents=True, exist_ok=True)
-    replayed = oracle.replay(steps)
+    replayed = oracle.time_shares(steps)
     positions = position_table(steps)
     corr = correlations(positions)
 
@@ -419,6 +440,13 @@ def build_report(steps: pd.DataFrame, out: Path, *, bins: int = 10, source: str 
         "",
         markdown_table(by_task),
         "",
+        "## Accepted length by tree budget",
+        "",
+        "Nodes verified per step (γ for a chain) against the tokens each step emitted, per compression level; the "
+        "share of steps is the budget histogram (plotted below per policy).",
+        "",
+        markdown_table(budget_table(steps)),
+        "",
         "## Acceptance vs the draft's signals",
         "",
         f"Over {int(corr['n_tokens'])} drafted tokens, the target's agreement (given the drafted prefix) correlates "
@@ -446,7 +474,7 @@ def build_report(steps: pd.DataFrame, out: Path, *, bins: int = 10, source: str 
     captions = {
         "acceptance_by_position.png": "Acceptance by draft position",
         "acceptance_vs_signals.png": "Acceptance vs draft top-1 probability and entropy (bars: token counts)",
-        "gamma_histogram.png": "γ per step, per policy and compression",
+        "gamma_histogram.png": "Nodes verified per step (the budget), per policy and compression",
         "by_task.png": "Acceptance and tokens/s by task",
         "oracle_gap.png": "Observed vs hindsight-oracle tokens/s",
         "cost_breakdown.png": "Where decode time goes",

@@ -11,11 +11,12 @@ Glossary, written down once:
   equal share of the step's draft and verify time plus its own decision time, so summing the shares over any
   grouping (policy, task, …) gives time that adds up to the steps' wall time. Prefill and the first token are not
   in the telemetry, so tokens/s here is decode-step throughput.
-* **oracle** — replays the same trajectory but drafts, for every row, exactly the number of tokens that were
-  accepted (``a = num_accepted_tokens``, capped by what was drafted, since nothing beyond is known). It emits the
-  same ``a + 1`` tokens per step with zero wasted drafts, spends no time deciding, and pays
-  ``draft(B) · max_b a_b + verify(B, 1 + max_b a_b)`` per batch step: the batched draft runs as many forwards as
-  the longest row needs and the verify forward is as wide as the widest row.
+* **oracle** — replays the same trajectory but verifies, for every row, exactly the accepted path
+  (``a = num_accepted_tokens``: nothing beyond what was proposed is known). It emits the same ``a + 1`` tokens per
+  step with zero wasted candidates, spends no time deciding, and pays :func:`step_ms` with ``a`` draft forwards and
+  ``a`` nodes — ``draft(B) · max_b a_b + verify(B, 1 + max_b a_b)`` per batch step: the batched draft runs as many
+  forwards as the deepest row needs and the verify forward is as wide as the widest row. The same oracle scores
+  ``speckv train-policy``'s replays (:func:`replay_trees`).
 * **costs** — ``draft(B)`` ms per draft forward and ``verify(B, T)`` ms for a forward of ``B`` rows × ``T``
   tokens; a :class:`speckv.costs.CostModel` (measured by calibration) or one fitted from the telemetry itself by
   :func:`fit_costs`.
@@ -32,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 
 from speckv.costs import CostModel
+from speckv.proposal import HEAD, LOOKUP
 
 #: columns the oracle reads
 REQUIRED_COLUMNS = ("actor_id", "batch_size", "num_draft_tokens", "num_accepted_tokens", "num_emitted_tokens",
@@ -44,6 +46,14 @@ class Costs(Protocol):
     def draft(self, batch: int) -> float: ...
 
     def verify(self, batch: int, tokens: int) -> float: ...
+
+
+def step_ms(costs: Costs, batch: int, forwards, width):
+    """The one model of a batched step's time: ``forwards`` draft forwards and a verify of 1 + ``width`` tokens per
+    row (scalars, or arrays over steps)."""
+    verify = np.vectorize(lambda w: costs.verify(batch, 1 + int(w)))(width) if np.ndim(width) else \
+        costs.verify(batch, 1 + int(width))
+    return costs.draft(batch) * forwards + verify
 
 
 def as_frame(steps: pd.DataFrame | pa.Table) -> pd.DataFrame:
@@ -69,10 +79,11 @@ def batch_steps(steps: pd.DataFrame | pa.Table) -> pd.DataFrame:
     ``oracle_k`` (max accepted drafts over the rows), indexed by the ``batch_step`` id of :func:`step_ids`."""
     frame = as_frame(steps)
     accepted = np.minimum(frame["num_accepted_tokens"], frame["num_draft_tokens"])
+    forwards = frame["draft_forwards"] if "draft_forwards" in frame.columns else frame["num_draft_tokens"]
     work = pd.DataFrame({
         "batch_step": step_ids(frame),
         "B": frame["batch_size"],
-        "k": frame["num_draft_tokens"],
+        "k": forwards,
         "oracle_k": accepted,
         "T": frame["max_tokens_verified"],
         "draft_ms": frame["draft_ms"].astype("float64"),
@@ -136,7 +147,7 @@ def _cost_groups(frame: pd.DataFrame) -> list[str]:
     return [c for c in COST_GROUP if c in frame.columns]
 
 
-def replay(steps: pd.DataFrame | pa.Table, costs: Costs | None = None) -> pd.DataFrame:
+def time_shares(steps: pd.DataFrame | pa.Table, costs: Costs | None = None) -> pd.DataFrame:
     """The telemetry rows with per-row time shares added (glossary above):
 
     ``batch_step``, ``step_rows``, ``observed_ms`` (measured), ``observed_draft_ms``, ``observed_verify_ms``,
@@ -166,7 +177,7 @@ def replay(steps: pd.DataFrame | pa.Table, costs: Costs | None = None) -> pd.Dat
         c = cost_of[sid]
         b = int(s["B"])
         modelled.append(c.draft(b) * s["k"] + c.verify(b, int(s["T"])))
-        oracle.append(c.draft(b) * s["oracle_k"] + c.verify(b, int(s["oracle_k"]) + 1))
+        oracle.append(step_ms(c, b, s["oracle_k"], s["oracle_k"]))
     bs = bs.assign(modelled_step_ms=modelled, oracle_step_ms=oracle)
 
     per_step = bs.loc[frame["batch_step"]].reset_index(drop=True)
@@ -184,7 +195,7 @@ def replay(steps: pd.DataFrame | pa.Table, costs: Costs | None = None) -> pd.Dat
 
 
 def gap_table(replayed: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Observed vs oracle tokens/s per group of :func:`replay`'s rows (one row, index ``all``, when ``by`` is empty)."""
+    """Observed vs oracle tokens/s per group of :func:`time_shares`' rows (one row, index ``all``, when ``by`` is empty)."""
     cols = ["num_emitted_tokens", "observed_ms", "modelled_ms", "oracle_ms", "num_draft_tokens", "wasted_draft_tokens"]
     grouped = replayed.groupby(by, dropna=False)[cols].sum() if by else replayed[cols].sum().to_frame("all").T
     tok = grouped["num_emitted_tokens"]
@@ -203,5 +214,155 @@ def gap_table(replayed: pd.DataFrame, by: list[str] | None = None) -> pd.DataFra
 
 def oracle_gap(steps: pd.DataFrame | pa.Table, costs: Costs | None = None) -> dict[str, float]:
     """Headline numbers over all rows: observed, modelled and oracle tokens/s, the gap, and the wasted-draft share."""
-    row = gap_table(replay(steps, costs)).iloc[0]
+    row = gap_table(time_shares(steps, costs)).iloc[0]
     return {k: float(v) for k, v in row.items()}
+
+
+# ---------------------------------------------------------------------------------------------- policy replay
+#
+# Greedy telemetry records, for every node of every verified tree, whether its token is the target's argmax given its
+# parent (telemetry.STEP_SCHEMA's draft_accept). That makes any sub-tree of a recorded tree replayable: its accepted
+# path is the part of the recorded one ("the true path") that it holds. So a tree recorded wide (``speckv collect``)
+# answers how every narrower budget — a fixed chain, a fixed tree, the learned rule, the oracle — would have done.
+
+
+def tree_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each step's node lists padded into [S, M] arrays, with what replay needs derived from them."""
+    s, m = len(df), max(int(df["num_draft_tokens"].max()), 1)
+    real = np.arange(m)[None, :] < df["num_draft_tokens"].to_numpy()[:, None]
+
+    def pad(column: str, dtype) -> np.ndarray:
+        out = np.zeros((s, m), dtype)
+        for i, values in enumerate(df[column]):
+            out[i, : len(values)] = values
+        return out
+
+    parent, prob, accept = pad("node_parent", np.int64), pad("node_prob", np.float64), pad("draft_accept", bool)
+    source, rank = pad("node_source", np.int64), pad("node_rank", np.int64)
+    depth, path_min, on_path = np.zeros((s, m), np.int64), np.ones((s, m)), np.zeros((s, m), bool)
+    logq, head_chain = np.zeros((s, m)), np.zeros((s, m), bool)
+    rows = np.arange(s)
+    for j in range(m):  # parents come first
+        p = parent[:, j] - 1  # parent's column; -1 = the root
+        root = p < 0
+        pc = np.maximum(p, 0)
+        depth[:, j] = np.where(root, 1, depth[rows, pc] + 1)
+        path_min[:, j] = np.where(root, 1.0, np.minimum(path_min[rows, pc], prob[rows, pc]))
+        on_path[:, j] = accept[:, j] & real[:, j] & (root | on_path[rows, pc])
+        own = np.where(source[:, j] == LOOKUP, np.log(0.6), np.log(np.maximum(prob[:, j], 1e-30)))
+        logq[:, j] = own + np.where(root, 0.0, logq[rows, pc])
+        head_chain[:, j] = real[:, j] & (source[:, j] == HEAD) & (rank[:, j] == 0) & (root | head_chain[rows, pc])
+    return {
+        "real": real, "parent": parent, "prob": prob, "accept": accept, "source": source, "rank": rank,
+        "top1": pad("draft_top1", np.float64), "entropy": pad("draft_entropy", np.float64),
+        "match": pad("node_match", np.int64), "depth": depth, "path_min": path_min, "on_path": on_path,
+        "score": np.where(real, np.exp(logq), -1.0), "head_chain": head_chain,
+        "accept_rate": df["accept_rate"].to_numpy(np.float64),
+        "lookup_rate": (df["lookup_rate"] if "lookup_rate" in df.columns else pd.Series(0.5, index=df.index))
+        .fillna(0.5).to_numpy(np.float64),
+        "context": df["context_len"].to_numpy(), "compression": df["compression"].to_numpy(),
+        "group": batch_groups(df),
+    }
+
+
+def batch_groups(df: pd.DataFrame) -> np.ndarray:
+    """One id per batched step: the telemetry rows of one actor that share a batch_step_id."""
+    keys = df["actor_id"].astype(str) + "/" + df["batch_step_id"].astype(str)
+    alone = df["batch_step_id"].isna().to_numpy()  # rows logged without one (older telemetry) stand alone
+    keys[alone] = [f"row{i}" for i in np.flatnonzero(alone)]
+    return np.unique(keys.to_numpy(), return_inverse=True)[1]
+
+
+def node_features(arr: dict) -> np.ndarray:  # [S·M, F] every node slot's features (padding included)
+    from speckv.policies.learned.model import features
+
+    s, m = arr["real"].shape
+
+    def flat(name: str) -> np.ndarray:
+        return arr[name].reshape(-1)
+
+    def per_row(name: str) -> np.ndarray:
+        return np.repeat(arr[name], m)
+
+    return features(flat("prob"), flat("top1"), flat("entropy"), flat("rank"), flat("depth"), flat("path_min"),
+                    flat("source"), flat("match"), per_row("accept_rate"), per_row("lookup_rate"), per_row("context"),
+                    per_row("compression"))
+
+
+def subset(arr: dict, mask: np.ndarray) -> dict:
+    """The steps ``mask`` selects (``group`` ids keep meaning: rows of a batched step stay together)."""
+    return {k: v[mask] for k, v in arr.items()}
+
+
+def replay_trees(arr: dict, costs: Costs, batch: int, policy: str, model=None, nodes: int = 0,
+                 hint: float = 0.0, margin: float = 0.05) -> dict:
+    """Replay recorded greedy trees under a policy; tokens per step and estimated tokens/s under ``costs``.
+
+    ``policy``: ``chain`` (the head's top choices, ``nodes`` deep), ``tree`` (the ``nodes`` best by draft score,
+    EAGLE-2's rerank), ``learned`` (the rule of speckv.policies.learned.rule on ``model``'s acceptance, or on the
+    draft probability without a model; ``hint`` > 0 nudges the model's logit by ±hint towards each node's true outcome:
+    a better predictor than any real one, for :func:`headroom`-style reports), or ``oracle`` (exactly the true path).
+    At ``batch`` 1 every step stands alone; at a larger batch the rows that ran together form one batched step, as
+    wide as its widest row. Time per step is :func:`step_ms` (forwards = the deepest kept head node)."""
+    from speckv.policies.learned.rule import choose_width
+
+    real, s = arr["real"], len(arr["real"])
+    group = arr["group"] if batch > 1 else np.arange(s)
+    if policy == "chain":
+        keep = arr["head_chain"] & (arr["depth"] <= nodes)
+    elif policy == "tree":
+        keep = _top(arr["score"], np.full(s, nodes))
+    elif policy == "oracle":
+        keep = arr["on_path"].copy()
+    else:
+        value = _values(arr, model, hint)
+        ranked = -np.sort(-np.where(real, value, 0.0), axis=1)
+        _, inverse, rows = np.unique(group, return_inverse=True, return_counts=True)
+        gains = np.zeros((len(rows), ranked.shape[1]))
+        np.add.at(gains, inverse, ranked)
+        drafted = np.zeros(len(rows), int)
+        np.maximum.at(drafted, inverse, np.where(real & (arr["source"] == HEAD), arr["depth"], 0).max(axis=1))
+        step = np.array([costs.verify(batch, 1 + k) for k in range(ranked.shape[1] + 1)])
+        width, _, _ = choose_width(gains, rows, step, costs.draft(batch) * drafted, margin * np.sqrt(batch))
+        keep = _top(np.where(real, value, -1.0), width[inverse])
+    tokens = (keep & arr["on_path"]).sum(axis=1) + 1
+    width = keep.sum(axis=1)
+    forwards = np.where(keep & (arr["source"] == HEAD), arr["depth"], 0).max(axis=1)
+    _, inverse, rows = np.unique(group, return_inverse=True, return_counts=True)
+    widest, deepest = np.zeros(len(rows), int), np.zeros(len(rows), int)
+    np.maximum.at(widest, inverse, width)
+    np.maximum.at(deepest, inverse, forwards)
+    seconds = step_ms(costs, batch, deepest, widest) / 1e3
+    step_tokens = np.bincount(inverse, weights=tokens) * batch / rows  # a step stands for `batch` rows
+    ar_seconds = costs.verify(batch, 1) / 1e3
+    return {
+        "tokens_per_step": float(tokens.mean()),
+        "tokens_per_s": float(step_tokens.sum() / seconds.sum()),
+        "speedup_vs_ar": float(step_tokens.sum() / seconds.sum() * ar_seconds / batch),
+        "mean_nodes": float(width.mean()),
+    }
+
+
+def _values(arr: dict, model, hint: float) -> np.ndarray:
+    """P(node on the accepted path) per node: its parent's value times its own acceptance."""
+    real, s, m = arr["real"], *arr["real"].shape
+    if model is None:
+        accept = np.where(arr["source"] == LOOKUP, arr["lookup_rate"][:, None], arr["prob"])
+    else:
+        p = np.clip(model.prob(node_features(arr)).reshape(s, m), 1e-9, 1 - 1e-9)
+        logit = np.log(p) - np.log1p(-p)
+        accept = 1.0 / (1.0 + np.exp(-(logit + hint * (2 * arr["accept"] - 1))))
+    value = np.zeros((s, m))
+    rows = np.arange(s)
+    for j in range(m):
+        p = arr["parent"][:, j] - 1
+        value[:, j] = accept[:, j] * np.where(p < 0, 1.0, value[rows, np.maximum(p, 0)])
+    return np.where(real, value, 0.0)
+
+
+def _top(score: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Each row's ``count`` best-scored real nodes (score -1 marks padding); ties to the earlier column."""
+    order = np.argsort(-score, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(score.shape[1])[None, :].repeat(len(score), 0), axis=1)
+    return (rank < count[:, None]) & (score >= 0)

@@ -29,9 +29,13 @@ def _row(**kw) -> dict:
             "draft_top1": [], "draft_entropy": [], "draft_accept": [], "draft_ms": 0.0, "verify_ms": 40.0,
             "decision_ms": 0.0, "max_tokens_verified": 1, "temperature": 0.0, "target_dtype": "bf16",
             "quantization": "none", "compression": "bf16", "device": "cpu", "gamma_max": 4, "accept_rate": 0.5,
-            "actor_id": "a0"}
+            "lookup_rate": 0.5, "actor_id": "a0"}
     base.update(kw)
-    return base
+    n = len(base["draft_accept"])  # a chain: node i's parent is node i (the root is 0), drawn from the head
+    chain = {"node_parent": list(range(n)), "node_prob": list(base["draft_top1"]), "node_rank": [0] * n,
+             "node_source": [0] * n, "node_match": [0] * n, "node_value": [0.5] * n, "tree_depth": n,
+             "draft_forwards": base["num_draft_tokens"]}
+    return {**chain, **base}
 
 
 def synthetic_steps(seed: int = 0, requests: int = 24, batch: int = 4) -> pa.Table:
@@ -120,7 +124,7 @@ def test_oracle_drafts_exactly_the_accepted_tokens():
         _row(request_id="b", step=1, batch_size=2, num_draft_tokens=3, num_accepted_tokens=0, num_emitted_tokens=1,
              draft_ms=15.0, verify_ms=46.0, max_tokens_verified=4),
     ])
-    replayed = oracle.replay(steps, costs)
+    replayed = oracle.time_shares(steps, costs)
     assert replayed["batch_step"].nunique() == 2
     assert replayed["oracle_ms"].tolist() == pytest.approx([(10 + 44) / 2] * 2 + [40 / 2] * 2)
     assert replayed["observed_ms"].tolist() == pytest.approx([34.5, 34.5, 30.5, 30.5])
@@ -191,7 +195,8 @@ def test_report_from_synthetic_telemetry(tmp_path):
     pngs = assert_pngs(report, 6)
     for png in pngs:
         assert f"]({png.name})" in index
-    for heading in ("By policy × compression × task", "Hindsight oracle", "Pearson r ="):
+    for heading in ("By policy × compression × task", "Hindsight oracle", "Pearson r =",
+                    "Accepted length by tree budget"):
         assert heading in index
     summary = json.loads((report / "summary.json").read_text())
     corr = summary["correlation"]
@@ -227,7 +232,7 @@ def test_generate_then_analyze(tmp_path, tiny_pair_dirs):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run([str(SPECKV), "generate", "--input", str(prompts), "--output", str(out), "--target", str(target),
                     "--draft", str(draft), "--draft-kind", "lm", "--dtype", "fp32", "--policy", "fixed", "--gamma",
-                    "3", "--max-new-tokens", "16", "--batch-size", "3", "--threads", "1"],
+                    "3", "--max-new-tokens", "16", "--batch-size", "3", "--threads", "1", "--no-lookup"],
                    check=True, env=env, capture_output=True, timeout=300)
     rows = pq.read_table(out / "telemetry").num_rows
     assert rows > 0

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from speckv.distill import RECIPE_FILE, TRAINED_FILE, LowRankDelta, build_draft_lm, draft_lm_dir, trained_state
+from speckv.distill.lora_lm import LowRankDelta, build_draft_lm, trained_state
+from speckv.drafters.draft_lm import RECIPE_FILE, TRAINED_FILE, draft_lm_dir
 
 
 def test_a_low_rank_draft_lm_ships_its_deltas_and_assembles_to_the_trained_model(tmp_path, monkeypatch,
