@@ -415,6 +415,53 @@ def build_report(steps: pd.DataFrame, out: Path, *, bins: int = 10, source: str 
     n_batch_steps = replayed["batch_step"].nunique()
     mismatched = int((replayed.groupby("batch_step").agg(n=("batch_size", "size"), b=("batch_size", "max"))
                       .query("n != b").shape[0]))
+    lines = index_lines(steps, source, n_batch_steps, overall, by_group, by_task, corr, gaps, overall_gap, plots,
+                        mismatched)
+    (out / "index.md").write_text("\n".join(lines), encoding="utf-8")
+
+    summary = {
+        "source": source,
+        "rows": int(len(steps)),
+        "requests": int(steps["request_id"].nunique()),
+        "batch_steps": int(n_batch_steps),
+        "correlation": corr,
+        "overall": {k: _json_number(v) for k, v in overall.iloc[0].items()},
+        "oracle": {k: _json_number(v) for k, v in overall_gap.items()},
+        "plots": plots,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    return summary
+
+
+def signal_and_oracle_lines(corr: dict, gap_view: pd.DataFrame, overall_gap: pd.Series) -> list[str]:
+    return [
+        "## Acceptance vs the draft's signals",
+        "",
+        f"Over {int(corr['n_tokens'])} drafted tokens, the target's agreement (given the drafted prefix) correlates "
+        f"with the draft's top-1 probability at Pearson r = {corr['top1_pearson']:.3f} "
+        f"(Spearman ρ = {corr['top1_spearman']:.3f}) and with its entropy at r = {corr['entropy_pearson']:.3f} "
+        f"(ρ = {corr['entropy_spearman']:.3f}). The seed write-up quotes 0.56 for top-1 probability.",
+        "",
+        "## Hindsight oracle",
+        "",
+        "The oracle replays each step drafting exactly the tokens that were accepted (capped at what was drafted), "
+        "so it emits the same tokens with no wasted drafts, a narrower verify and no policy time. Its cost uses a "
+        "draft and verify cost model fit to this telemetry per compression/device/drafter (verify ms by batch size "
+        "and tokens verified; draft ms per draft forward); *cost-model tokens/s* re-costs the observed steps with "
+        "the same model, as a check of the fit. gap = cost-model time of the observed steps / the oracle's − 1 (the fit's "
+        "error cancels); oracle tokens/s = observed × (1 + gap).",
+        "",
+        markdown_table(gap_view),
+        "",
+        f"Overall: observed {overall_gap['observed_tok_s']:.1f} tokens/s, oracle {overall_gap['oracle_tok_s']:.1f} "
+        f"tokens/s, gap {overall_gap['gap']:+.1%}.",
+        "",
+    ]
+
+
+def index_lines(steps, source, n_batch_steps, overall, by_group, by_task, corr, gaps, overall_gap, plots,
+                mismatched) -> list[str]:
+    """The report's markdown, section by section."""
     gap_view = gaps.rename(columns={"observed_tok_s": "observed tokens/s", "modelled_tok_s": "cost-model tokens/s",
                                     "oracle_tok_s": "oracle tokens/s", "wasted_draft_frac": "wasted draft share"})
     lines = [
@@ -447,27 +494,7 @@ def build_report(steps: pd.DataFrame, out: Path, *, bins: int = 10, source: str 
         "",
         markdown_table(budget_table(steps)),
         "",
-        "## Acceptance vs the draft's signals",
-        "",
-        f"Over {int(corr['n_tokens'])} drafted tokens, the target's agreement (given the drafted prefix) correlates "
-        f"with the draft's top-1 probability at Pearson r = {corr['top1_pearson']:.3f} "
-        f"(Spearman ρ = {corr['top1_spearman']:.3f}) and with its entropy at r = {corr['entropy_pearson']:.3f} "
-        f"(ρ = {corr['entropy_spearman']:.3f}). The seed write-up quotes 0.56 for top-1 probability.",
-        "",
-        "## Hindsight oracle",
-        "",
-        "The oracle replays each step drafting exactly the tokens that were accepted (capped at what was drafted), "
-        "so it emits the same tokens with no wasted drafts, a narrower verify and no policy time. Its cost uses a "
-        "draft and verify cost model fit to this telemetry per compression/device/drafter (verify ms by batch size "
-        "and tokens verified; draft ms per draft forward); *cost-model tokens/s* re-costs the observed steps with "
-        "the same model, as a check of the fit. gap = cost-model time of the observed steps / the oracle's − 1 (the fit's "
-        "error cancels); oracle tokens/s = observed × (1 + gap).",
-        "",
-        markdown_table(gap_view),
-        "",
-        f"Overall: observed {overall_gap['observed_tok_s']:.1f} tokens/s, oracle {overall_gap['oracle_tok_s']:.1f} "
-        f"tokens/s, gap {overall_gap['gap']:+.1%}.",
-        "",
+        *signal_and_oracle_lines(corr, gap_view, overall_gap),
         "## Plots",
         "",
     ]
@@ -485,20 +512,7 @@ def build_report(steps: pd.DataFrame, out: Path, *, bins: int = 10, source: str 
     if mismatched:
         lines += [f"Note: {mismatched} batched steps could not be told apart from the rows' shared timings "
                   "(row count ≠ batch_size); their time shares are approximate.", ""]
-    (out / "index.md").write_text("\n".join(lines), encoding="utf-8")
-
-    summary = {
-        "source": source,
-        "rows": int(len(steps)),
-        "requests": int(steps["request_id"].nunique()),
-        "batch_steps": int(n_batch_steps),
-        "correlation": corr,
-        "overall": {k: _json_number(v) for k, v in overall.iloc[0].items()},
-        "oracle": {k: _json_number(v) for k, v in overall_gap.items()},
-        "plots": plots,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    return summary
+    return lines
 
 
 def _json_number(value) -> float | None:

@@ -230,6 +230,20 @@ def verify_tree_greedy(
     return TreeVerdict(num_accepted, path, target_tokens.gather(1, last[:, None]).squeeze(1), match, tree.real)
 
 
+def _children(tree: _Tree) -> tuple[torch.Tensor, list[int]]:
+    """children[b, c, s]: the column of node c's s-th child (-1 if none), [B, N+1, W]; widths[l]: the most children
+    of any depth-l node (l = 0 for the root)."""
+    batch, n = tree.token.shape
+    dev, d = tree.token.device, tree.max_depth
+    widths = torch.zeros(d + 1, dtype=torch.long, device=dev).scatter_reduce(
+        0, torch.where(tree.real, tree.depth - 1, d).flatten(), (tree.rank + 1).flatten(), "amax")[:d].tolist()
+    width = max(widths, default=0)
+    children = torch.full((batch, (n + 1) * width + 1), -1, dtype=torch.long, device=dev)
+    slot = torch.where(tree.real, tree.parent * width + tree.rank, (n + 1) * width)
+    cols = torch.arange(n, device=dev).expand(batch, n)
+    return children.scatter(1, slot, cols)[:, :-1].view(batch, n + 1, width), widths
+
+
 def verify_tree(
     tokens: torch.Tensor,  # [B, N] token of node j+1 in column j; columns at or past num_nodes: padding, any id
     parents: torch.Tensor,  # [B, N] parent of node j+1, in 0..j (0 = the root); padding columns: anything
@@ -261,16 +275,9 @@ def verify_tree(
     vocab = p.shape[-1]
     assert q.shape == (batch, n, vocab) and p.shape == (batch, n + 1, vocab) and uniforms.shape == (batch, n + 1)
     tree = _tree(tokens, parents, num_nodes)
-    dev = p.device
+    dev, d = p.device, tree.max_depth
     rows, cols = torch.arange(batch, device=dev), torch.arange(n, device=dev)
-    # children[b, c, s]: the column of node c's s-th child (-1 if none); widths[l]: most children of a depth-l node
-    d = tree.max_depth
-    widths = torch.zeros(d + 1, dtype=torch.long, device=dev).scatter_reduce(
-        0, torch.where(tree.real, tree.depth - 1, d).flatten(), (tree.rank + 1).flatten(), "amax")[:d].tolist()
-    width = max(widths, default=0)
-    children = torch.full((batch, (n + 1) * width + 1), -1, dtype=torch.long, device=dev)
-    slot = torch.where(tree.real, tree.parent * width + tree.rank, (n + 1) * width)
-    children = children.scatter(1, slot, cols.expand(batch, n))[:, :-1].view(batch, n + 1, width)
+    children, widths = _children(tree)
     q_token = q.gather(-1, tree.token[..., None]).squeeze(-1)  # [B, N] q_x(x) of each node
     # state: current node, residual as weights w with mass m (m = 1 for a fresh p, so u·q(x)·1 is verify's test)
     cur = torch.zeros(batch, dtype=torch.long, device=dev)

@@ -130,17 +130,9 @@ def hf_run(target, tokenizer, requests, assistant=None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from speckv.collect import compression_spec
-    from speckv.drafters import Drafters
-    from speckv.drafters.draft_lm import DraftLM, draft_lm_dir
-    from speckv.drafters.eagle import EagleDrafter, default_eagle_path
-    from speckv.drafters.lookup import LookupDrafter
-    from speckv.engine import SpecEngine
     from speckv.io import load_requests
-    from speckv.models import load_causal_lm, load_tokenizer, resolve_spec
-    from speckv.report import machine_record, summary_lines
+    from speckv.models import load_tokenizer
+    from speckv.report import summary_lines
 
     if args.quick:
         args.per_task, args.max_new_tokens, args.repeats = 1, 12, "1"
@@ -150,52 +142,67 @@ def run(args: argparse.Namespace) -> int:
         repeats *= len(batch_sizes)
     if len(repeats) != len(batch_sizes) or min(repeats) < 1:
         raise SystemExit(f"--repeats: give one number or one per batch size ({len(batch_sizes)}), each >= 1")
-    methods = args.methods.split(",")
-    configs = {m: method_config(m, args.gamma_max) for m in methods}  # unknown names fail before any model loads
-    sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
-    requests, _ = load_requests(args.prompts, sampling, per_task=args.per_task)
+    configs = {m: method_config(m, args.gamma_max) for m in args.methods.split(",")}  # bad names fail before loading
+    requests, _ = load_requests(args.prompts, SamplingParams(max_new_tokens=args.max_new_tokens), per_task=args.per_task)
     tokenizer = load_tokenizer(args.target)
     table, machines = [], {}
     for level in args.compressions.split(","):
-        spec = resolve_spec(compression_spec(level, args.target), max(batch_sizes))
-        target, device = load_causal_lm(spec)
-        heads = {"eagle": EagleDrafter.load(default_eagle_path(), target, device)}
-        assistant = None
-        if any(d.kind == "lm" for _, d in configs.values()) or (not args.no_hf and spec.quantization == "none"):
-            # the independent draft LM, shared by HF's assisted generation and this engine's "@lm" methods
-            assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir()), "quantization": "none"}))
-            heads["lm"] = DraftLM(assistant, device, target.config.vocab_size)
-        lookup = LookupDrafter()
-
-        def drafter_for(draft: DraftSpec):
-            if draft.kind == "lookup":
-                return lookup
-            return Drafters([heads[draft.kind], lookup]) if draft.lookup else heads[draft.kind]
-
-        for batch, batch_repeats in zip(batch_sizes, repeats):
-            engines = {m: SpecEngine(EngineConfig(target=spec, policy=pol, draft=draft, max_batch_size=batch),
-                                     target=target, tokenizer=tokenizer, drafter=drafter_for(draft), device=device,
-                                     actor_id=f"bench-{level}-{batch}") for m, (pol, draft) in configs.items()}
-            runners = {m: (lambda e=e: engine_run(e, requests)) for m, e in engines.items()}
-            if not args.no_hf and assistant is not None and batch == 1:
-                runners["hf_generate"] = lambda: hf_run(target, tokenizer, requests)
-                runners["hf_assisted"] = lambda: hf_run(target, tokenizer, requests, assistant)
-            runs: dict[str, list[dict]] = defaultdict(list)
-            names = list(runners)
-            bar = tqdm(total=batch_repeats * len(names), desc=f"bench {level} batch {batch}", unit="run")
-            for rep in range(batch_repeats):
-                for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate: none always first
-                    runs[name].append(runners[name]())
-                    bar.update(1)
-            bar.close()
-            measured = next((e for e in engines.values() if e.costs is not None), None)
-            machines[level] = machine_record(measured or next(iter(engines.values())))
-            table += summarize_level(level, batch, runs, configs, measured, args.baseline)
+        rows, machines[level] = bench_level(level, args, configs, requests, tokenizer, list(zip(batch_sizes, repeats)))
+        table += rows
     write_outputs(table, args, len(requests), machines)
     for level, record in machines.items():
         learned = [r["mean_nodes"] for r in table if r["compression"] == level and r["method"].startswith("learned")]
         print(f"{level}: " + "\n  ".join(summary_lines(record, min(learned) if learned else None)))
     return 0
+
+
+def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list[tuple[int, int]]):
+    """One compression level: its target and drafters loaded once, every method at every (batch, repeats) of
+    ``plan``, interleaved; returns its table rows and the machine record."""
+    from tqdm import tqdm
+
+    from speckv.collect import compression_spec
+    from speckv.drafters import Drafters
+    from speckv.drafters.draft_lm import DraftLM, draft_lm_dir
+    from speckv.drafters.eagle import EagleDrafter, default_eagle_path
+    from speckv.drafters.lookup import LookupDrafter
+    from speckv.engine import SpecEngine
+    from speckv.models import load_causal_lm, resolve_spec
+    from speckv.report import machine_record
+
+    spec = resolve_spec(compression_spec(level, args.target), max(b for b, _ in plan))
+    target, device = load_causal_lm(spec)
+    heads, assistant, lookup = {"eagle": EagleDrafter.load(default_eagle_path(), target, device)}, None, LookupDrafter()
+    if any(d.kind == "lm" for _, d in configs.values()) or (not args.no_hf and spec.quantization == "none"):
+        # the independent draft LM, shared by HF's assisted generation and this engine's "@lm" methods
+        assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir()), "quantization": "none"}))
+        heads["lm"] = DraftLM(assistant, device, target.config.vocab_size)
+
+    def drafter_for(draft: DraftSpec):
+        if draft.kind == "lookup":
+            return lookup
+        return Drafters([heads[draft.kind], lookup]) if draft.lookup else heads[draft.kind]
+
+    rows, record = [], None
+    for batch, batch_repeats in plan:
+        engines = {m: SpecEngine(EngineConfig(target=spec, policy=pol, draft=draft, max_batch_size=batch),
+                                 target=target, tokenizer=tokenizer, drafter=drafter_for(draft), device=device,
+                                 actor_id=f"bench-{level}-{batch}") for m, (pol, draft) in configs.items()}
+        runners = {m: (lambda e=e: engine_run(e, requests)) for m, e in engines.items()}
+        if not args.no_hf and assistant is not None and batch == 1:
+            runners["hf_generate"] = lambda: hf_run(target, tokenizer, requests)
+            runners["hf_assisted"] = lambda: hf_run(target, tokenizer, requests, assistant)
+        runs: dict[str, list[dict]] = defaultdict(list)
+        names = list(runners)
+        with tqdm(total=batch_repeats * len(names), desc=f"bench {level} batch {batch}", unit="run") as bar:
+            for rep in range(batch_repeats):
+                for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate: none always first
+                    runs[name].append(runners[name]())
+                    bar.update(1)
+        measured = next((e for e in engines.values() if e.costs is not None), None)
+        record = machine_record(measured or next(iter(engines.values())))
+        rows += summarize_level(level, batch, runs, configs, measured, args.baseline)
+    return rows, record
 
 
 def summarize_level(level, batch, runs, configs, engine, baseline) -> list[dict]:
