@@ -73,8 +73,9 @@ class PolicySpec(_Strict):
     gamma: int = Field(4, ge=0, le=GAMMA_LIMIT, description="nodes per step for 'fixed' (a chain: γ); initial γ for "
                        "adaptive chains")
     gamma_max: int = Field(8, ge=1, le=GAMMA_LIMIT, description="most nodes a row may verify in a step (adaptive)")
-    tree_topk: int = Field(1, ge=1, le=8, description="children per expanded node (1 = a chain); 'fixed' and "
-                           "'learned'")
+    tree_topk: int | None = Field(None, ge=1, le=8, description="children per expanded node (1 = a chain); 'fixed' "
+                                  "and 'learned'; default: a chain for 'fixed', 2 for 'learned' (measured fastest: "
+                                  "README, Benchmarks)")
     tree_depth: int | None = Field(None, ge=1, le=16, description="deepest draft level; default γ for "
                                    "'fixed', gamma_max for 'learned'")
     confidence_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="'confidence': stop under this top-1 p")
@@ -96,6 +97,10 @@ class PolicySpec(_Strict):
         if self.name == "fixed":
             return self.gamma
         return max(self.gamma_max, self.gamma)
+
+    @property
+    def topk(self) -> int:
+        return self.tree_topk or (2 if self.name == "learned" else 1)
 
     @property
     def depth(self) -> int:

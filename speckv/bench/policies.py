@@ -7,7 +7,8 @@ with each ratio's paired-bootstrap 95 % interval (:mod:`speckv.bench.stats`). Me
 * ``ar`` — plain decoding through the same engine; ``fixedN`` — a chain of N drafted tokens every step;
   ``treeDxKnN`` — a fixed tree (K children per node, D levels, the N most probable kept: EAGLE-2's rerank);
   ``lookupN`` — prompt lookup alone, up to N tokens; ``heuristic``, ``confidence``, ``entropy``, ``ema`` — the
-  adaptive chains; ``learned`` — the learned selector over chains, ``learned-treeK`` over trees of K children;
+  adaptive chains; ``learned`` — the learned selector with its default trees (2 children per node), ``learned-treeK``
+  over trees of K children (``learned-tree1``: chains);
 * ``…+lookup`` adds the prompt-lookup branch to a head method (``learned+lookup``: the hybrid); ``…@lm`` drafts with
   the independent draft LM instead of the EAGLE head;
 * ``best fixed (hindsight)`` — the fastest fixed chain or tree, picked after the fact; ``oracle (replay)`` — from the
@@ -73,7 +74,8 @@ def method_config(name: str, gamma_max: int) -> tuple[PolicySpec, DraftSpec]:
     if m["l"]:
         return PolicySpec(name="fixed", gamma=int(m["l"])), DraftSpec(kind="lookup")
     if base.startswith("learned"):
-        return PolicySpec(name="learned", gamma=4, gamma_max=gamma_max, tree_topk=int(m["lk"] or 1)), draft
+        return PolicySpec(name="learned", gamma=4, gamma_max=gamma_max,
+                          tree_topk=int(m["lk"]) if m["lk"] else None), draft
     return PolicySpec(name=base, gamma=4, gamma_max=gamma_max), draft
 
 
@@ -231,7 +233,7 @@ def summarize_level(level, batch, runs, configs, engine, baseline) -> list[dict]
         if len(steps):
             pol = configs[widest["method"]][0]
             arr = tree_arrays(steps.reset_index(drop=True))
-            kind = "chain" if pol.tree_topk == 1 else "tree"
+            kind = "chain" if pol.topk == 1 else "tree"
             costs = engine.costs.calibrated
             est = {p: replay_trees(arr, costs, batch, p, nodes=pol.gamma)["tokens_per_s"] for p in (kind, "oracle")}
             rows.append({"compression": level, "batch": batch, "method": f"oracle (replay of {widest['method']})",

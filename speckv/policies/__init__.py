@@ -16,7 +16,7 @@ def build_policy(spec: PolicySpec) -> Policy:
     if spec.name == "fixed":
         from speckv.policies.fixed import FixedPolicy
 
-        return FixedPolicy(spec.gamma, spec.depth, spec.tree_topk)
+        return FixedPolicy(spec.gamma, spec.depth, spec.topk)
     if spec.name == "heuristic":
         from speckv.policies.heuristic import HeuristicPolicy
 
@@ -32,4 +32,4 @@ def build_policy(spec: PolicySpec) -> Policy:
         return EmaPolicy(spec.gamma, spec.max_gamma, spec.ema_alpha)
     from speckv.policies.learned import LearnedPolicy
 
-    return LearnedPolicy.load(spec.path, spec.max_gamma, spec.depth, spec.tree_topk)
+    return LearnedPolicy.load(spec.path, spec.max_gamma, spec.depth, spec.topk)
