@@ -187,8 +187,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     """Broken JSON and out-of-range fields: 400 with OpenAI's error shape (FastAPI's default is a 422)."""
     errors = exc.errors()
     param = ".".join(str(p) for p in errors[0]["loc"] if p != "body") if errors else None
-    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors)
-    return JSONResponse(OpenAIError(400, message or "invalid request", param=param or None).body(), status_code=400)
+    return JSONResponse(OpenAIError(400, explain(exc) or "invalid request", param=param or None).body(), status_code=400)
 
 
 @serve.deployment(

@@ -17,6 +17,7 @@ request's output does not depend on which others share its batch or when they jo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -38,6 +39,7 @@ from speckv.proposal import Proposal
 from speckv.sequence import Delta, GenerationResult, Sequence
 from speckv.verify import TreeVerdict, sample, to_probs, verify_tree, verify_tree_greedy
 
+log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]  # (requests finished, tokens generated) since the last call
 
 
@@ -139,6 +141,10 @@ class SpecEngine:
         self.costs: OnlineCosts | None = None
         if self.policy.needs_costs:
             self.costs = OnlineCosts(costs or load_or_calibrate(self), max_tokens=self.gamma_max + 3)
+        from speckv.report import machine_record, summary_lines
+
+        for line in summary_lines(machine_record(self)):  # the dtype chosen and the verify-cost curve, at start
+            log.info("%s: %s", self.actor_id, line)
         self.waiting: deque[Sequence] = deque()
         self.batch: _Batch | None = None
         self.batch_steps = 0  # batched steps run by this engine (telemetry's batch_step_id)

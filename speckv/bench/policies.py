@@ -34,6 +34,7 @@ import torch
 
 from speckv.bench.stats import fmt_interval, ratio_interval
 from speckv.config import EMBEDDED, DraftSpec, EngineConfig, PolicySpec, SamplingParams
+from speckv.telemetry import RequestStats
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 METHODS = ("ar", "fixed1", "fixed2", "fixed4", "fixed8", "heuristic", "confidence", "entropy", "ema", "learned",
@@ -90,13 +91,13 @@ def engine_run(engine, requests) -> dict:
         per_task[r.task][0] += len(r.token_ids)
         per_task[r.task][1] += r.wall_ms / 1e3
     decisions = sorted(s["decision_ms"] / s["num_decisions"] for s in steps) or [0.0]
-    n_steps = len(steps)
-    summary = {k: sum(s[k] for s in steps) for k in ("num_accepted_tokens", "num_draft_tokens")}
+    acceptance = RequestStats.of([r.summary for r in results])
+    n_steps = acceptance.steps
     return {
         "tokens": tokens, "wall": wall, "tok_s": tokens / wall,
-        "mean_acceptance_length": (summary["num_accepted_tokens"] + n_steps) / n_steps if n_steps else float("nan"),
+        "mean_acceptance_length": acceptance.summary()["mean_acceptance_length"] or float("nan"),
         "tokens_per_target_forward": tokens / (n_steps + len(results)),
-        "mean_nodes": summary["num_draft_tokens"] / n_steps if n_steps else float("nan"),
+        "mean_nodes": acceptance.drafted / n_steps if n_steps else float("nan"),
         # draft/verify times are per batched step; a step of B rows logs B rows
         "draft_share": sum(s["draft_ms"] / s["batch_size"] for s in steps) / 1e3 / wall,
         "verify_share": sum(s["verify_ms"] / s["batch_size"] for s in steps) / 1e3 / wall,

@@ -97,5 +97,6 @@ class Drafters:
         timers = [t for p in self.parts if (t := p.forward_timer(batch, context)) is not None]
         return timers[0] if timers else None
 
-    def __getattr__(self, name: str):  # the head's own attributes (int8_weights, metadata, ...) read through
-        return getattr(self.parts[0], name)
+    @property
+    def int8_weights(self) -> bool:
+        return any(getattr(p, "int8_weights", False) for p in self.parts)
