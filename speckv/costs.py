@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,9 @@ class OnlineCosts:
 
     ``verify(n, t)``: the running measurement of that (batch, tokens) cell when the engine has run it; otherwise
     the calibrated figure scaled by how this batch size's measurements compare with calibration (or, before any,
-    all batch sizes'). ``step(n)`` is the list a policy works with: ``step(n)[k]`` = ms of a step that verifies
+    all batch sizes'). The first step of each shape is not counted: it builds its kernels (measured: a first 4-token
+    verify at int8 took twice its later ones, and the policy, seeing the width as dear, seldom ran it again to learn
+    otherwise). ``step(n)`` is the list a policy works with: ``step(n)[k]`` = ms of a step that verifies
     1 + k tokens per row, bookkeeping included, non-decreasing in k; rebuilt every ``REFRESH`` steps (the
     measurements move slowly, and a rebuild is dozens of Python calls)."""
 
@@ -199,14 +202,19 @@ class OnlineCosts:
         self.verify_scale = self.draft_scale = 1.0
         self.overhead_per_row = 0.0
         self.steps = 0  # steps observed
-        self._tables: dict[int, tuple[int, list[float]]] = {}  # batch -> (steps when built, step list)
+        self._warm: set[tuple] = set()  # shapes seen once (batch, tokens, drafted)
+        self._tables: dict[int, tuple[int, np.ndarray]] = {}  # batch -> (steps when built, step list)
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else (1 - self.EMA) * old + self.EMA * new
 
     def observe(self, t: StepTimes) -> None:
         self.steps += 1
-        n, cell = t.batch, (t.batch, t.tokens)
+        n, cell = t.batch, (t.batch, t.tokens, t.draft_forwards > 0)
+        if cell not in self._warm:  # the first step of a shape builds its kernels (oneDNN, bitsandbytes): not a cost
+            self._warm.add(cell)
+            return
+        cell = cell[:2]
         if cell not in self.verify_ms:
             self._tables.pop(n, None)  # a newly measured cell: rebuild this batch size's list now
         self.verify_ms[cell] = self._ema(self.verify_ms.get(cell), t.verify_ms)
@@ -236,10 +244,10 @@ class OnlineCosts:
         scale = sum(seen) / len(seen) if seen else self.verify_scale
         return self.calibrated.verify(batch, tokens) * scale
 
-    def step(self, batch: int) -> list[float]:
+    def step(self, batch: int) -> np.ndarray:
         built, table = self._tables.get(batch, (None, None))
         if table is None or self.steps - built >= self.REFRESH:
-            table = [v + self.overhead_per_row * batch
-                     for v in monotone([self.verify(batch, 1 + k) for k in range(self.max_tokens)])]
+            table = np.array(monotone([self.verify(batch, 1 + k) for k in range(self.max_tokens)]))
+            table += self.overhead_per_row * batch
             self._tables[batch] = (self.steps, table)
         return table

@@ -87,16 +87,15 @@ class LearnedPolicy:
 
     # ---- internals ---------------------------------------------------------------------------------------
     def _width(self, ctx: StepContext, tree: TreeBuilder, caps: torch.Tensor) -> tuple[int, float, float]:
-        """The rule's width over the nodes so far: (columns, expected tokens, step ms)."""
-        n = tree.n
-        value = torch.where(tree.real[:, :n], tree.value[:, :n], 0.0)
-        ranked = value.sort(dim=1, descending=True).values
-        ranked = torch.where(torch.arange(n)[None, :] < caps.to(ranked.device)[:, None], ranked, 0.0)
-        costs = ctx.costs
-        step = np.asarray(costs.step(ctx.batch_size))
+        """The rule's width over the nodes so far: (columns, expected tokens, step ms). numpy throughout: this runs
+        after every draft depth."""
+        n, costs = tree.n, ctx.costs
+        value = np.where(tree.real[:, :n].cpu().numpy(), tree.value[:, :n].cpu().numpy(), 0.0)
+        ranked = -np.sort(-value, axis=1)
+        ranked[np.arange(n)[None, :] >= caps.numpy()[:, None]] = 0.0
         spent = np.array([tree.forwards * costs.draft(ctx.batch_size)])
-        width, expected, took = choose_width(ranked.sum(dim=0).double().cpu().numpy()[None], np.array([ctx.batch_size]),
-                                             step, spent, self.margin)
+        width, expected, took = choose_width(ranked.sum(axis=0)[None], np.array([ctx.batch_size]),
+                                             costs.step(ctx.batch_size), spent, self.margin)
         return int(width[0]), float(expected[0]), float(took[0])
 
     def _score(self, ctx: StepContext, tree: TreeBuilder) -> None:
@@ -120,6 +119,6 @@ class LearnedPolicy:
             x = features(per_node(tree.prob), per_node(tree.top1), per_node(tree.entropy), per_node(tree.rank),
                          per_node(tree.depth), per_node(tree.pmin), per_node(tree.source), per_node(tree.match),
                          per_row(ctx.accept_rate), per_row(ctx.lookup_rate), per_row(ctx.context_len),
-                         ctx.compression)
+                         self.model.level(ctx.compression))
             accept = torch.from_numpy(self.model.prob(x).reshape(b, w)).float().to(tree.device)
         tree.set_accept(start, end, accept)

@@ -65,17 +65,30 @@ class AcceptanceMLP(torch.nn.Module):
         return self.net((x - self.mean) / self.std).squeeze(-1)
 
 
+#: the level an unseen compression is read as: the unquantized dtypes round alike, so an fp32 or fp16 target accepts
+#: what a bf16 one does (its one-hot column never saw data: its weight is whatever the initialisation left)
+UNQUANTIZED = ("bf16", "fp16", "fp32")
+
+
 class AcceptanceModel:
     """The deciding form: numpy, float64, normalisation folded into the first layer."""
 
     def __init__(self, mlp: AcceptanceMLP, meta: dict | None = None) -> None:
         self.mlp, self.meta = mlp, meta or {}
+        self.seen = tuple(self.meta.get("compressions", COMPRESSIONS))
         lin1, lin2, lin3 = (m for m in mlp.net if isinstance(m, torch.nn.Linear))
         std, mean = mlp.std.double().numpy(), mlp.mean.double().numpy()
         self.w1 = lin1.weight.detach().double().numpy().T / std[:, None]  # [F, H]
         self.b1 = lin1.bias.detach().double().numpy() - mean @ self.w1
         self.w2, self.b2 = lin2.weight.detach().double().numpy().T, lin2.bias.detach().double().numpy()
         self.w3, self.b3 = lin3.weight.detach().double().numpy()[0], float(lin3.bias.detach()[0])
+
+    def level(self, compression: str) -> str:
+        """The compression level to feed the model: ``compression`` itself if it was trained on it, else the
+        unquantized level it saw (fp32 -> bf16), else it as it is."""
+        if compression in self.seen or compression not in UNQUANTIZED:
+            return compression
+        return next((c for c in UNQUANTIZED if c in self.seen), compression)
 
     def prob(self, x: np.ndarray) -> np.ndarray:  # [M, F] features -> [M] P(accept)
         h = np.maximum(x @ self.w1 + self.b1, 0.0)
