@@ -16,6 +16,7 @@ request's output does not depend on which others share its batch or when they jo
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -150,6 +151,11 @@ class SpecEngine:
         self.batch_steps = 0  # batched steps run by this engine (telemetry's batch_step_id)
         self._aborted: set[str] = set()
         self._in_flight: set[str] = set()
+        # What is loaded by now (models, tokenizer, the libraries' own objects) lives as long as the engine: freeze it
+        # out of the cyclic collector's sight, or its full passes, which land inside forwards, walk it every time (vLLM
+        # freezes its start-up heap too). Measured, job input, batch 8, bf16, learned: verify p50 51.2 → 39.0 ms
+        gc.collect()
+        gc.freeze()
 
     # ------------------------------------------------------------------ the request API
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -118,3 +119,12 @@ def confident_policy(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("policy") / "confident.safetensors"
     AcceptanceModel(mlp).save(path, {"hidden": mlp.net[0].out_features})
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_heap():
+    """Each SpecEngine freezes the heap it starts with (speckv/engine.py); a test process builds many engines, so
+    give what a test leaves behind back to the collector."""
+    yield
+    gc.unfreeze()
+
