@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, as_completed
 
 from speckv.config import GenerationRequest
-from speckv.engine import SpecEngine
+from speckv.engine import RequestError, SpecEngine
 from speckv.sequence import Delta, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class EngineLoop:
         self.engine, self.max_pending = engine, max_pending
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add", seq, callback) | ("abort", id)
         self._callbacks: dict[str, Callable[[Delta], None]] = {}
-        self._in_flight = 0
-        self._lock = threading.Lock()  # guards _in_flight only
+        self._ids: set[str] = set()  # requests in flight, added and not yet finished
+        self._lock = threading.Lock()  # guards _ids only
         self._wake = threading.Event()
         self._closed = False
         self.fault: str | None = None
@@ -50,7 +50,7 @@ class EngineLoop:
     # ---- callers' side ----------------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return len(self._ids)
 
     @property
     def running(self) -> int:
@@ -58,18 +58,20 @@ class EngineLoop:
 
     @property
     def waiting(self) -> int:
-        return max(self._in_flight - self.engine.num_running, 0)
+        return max(len(self._ids) - self.engine.num_running, 0)
 
     def add(self, request: GenerationRequest, callback: Callable[[Delta], None]) -> str:
         """Queue ``request``; ``callback(delta)`` runs on the engine thread for each of its deltas, the last one
-        finished. Raises RequestError (bad input) or Overloaded at once."""
+        finished. Raises RequestError (bad input, an id already in flight) or Overloaded at once."""
         if self.fault is not None:
             raise RuntimeError(f"engine fault: {self.fault}")
         seq = self.engine.prepare(request)
         with self._lock:
-            if self._in_flight >= self.max_pending:
-                raise Overloaded(f"{self._in_flight} requests in flight (max_pending={self.max_pending})")
-            self._in_flight += 1
+            if seq.id in self._ids:
+                raise RequestError(f"request id {seq.id!r} is already in flight; ids must be unique while running")
+            if len(self._ids) >= self.max_pending:
+                raise Overloaded(f"{len(self._ids)} requests in flight (max_pending={self.max_pending})")
+            self._ids.add(seq.id)
         self._inbox.put(("add", seq, callback))
         self._wake.set()
         return seq.id
@@ -146,7 +148,7 @@ class EngineLoop:
         if delta.finished:
             self._callbacks.pop(delta.request_id, None)
             with self._lock:
-                self._in_flight -= 1
+                self._ids.discard(delta.request_id)
         if callback is not None:
             try:
                 callback(delta)

@@ -74,6 +74,8 @@ def test_bad_input_and_overload_are_refused_at_once(engine):
         with pytest.raises(RequestError, match="context"):
             loop.submit(GenerationRequest(id="long", prompt="word " * 400, raw_prompt=True))
         futures = [loop.submit(request(i, 40)) for i in range(2)]
+        with pytest.raises(RequestError, match="already in flight"):  # refused here, not in the engine's thread
+            loop.submit(request(0))
         with pytest.raises(Overloaded):
             loop.submit(request(9))
         assert all(r.status == "ok" for r in wait_all(futures))
