@@ -127,4 +127,3 @@ def _unfreeze_heap():
     give what a test leaves behind back to the collector."""
     yield
     gc.unfreeze()
-
