@@ -82,3 +82,33 @@ def test_bad_input_and_overload_are_refused_at_once(engine):
         assert loop.submit(request(10)).result(timeout=60).status == "ok"  # room again once they are done
     finally:
         loop.close()
+
+
+def test_the_loop_releases_the_constructing_threads_openmp_workers(engine):
+    """A thread that ran a multi-threaded op keeps its OpenMP workers parked; with more of them than CPUs libgomp
+    throttles every spin-wait, which slowed the loop's steps ~1.7×. The loop hands the constructing thread's back."""
+    import os
+    import threading
+
+    def threads_in_process() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before_threads = torch.get_num_threads()
+    result: dict[str, int] = {}
+
+    def construct() -> None:  # a fresh thread, so the count is its own pool's and nobody else's
+        torch.set_num_threads(2)
+        torch.randn(256, 256) @ torch.randn(256, 256)  # a parallel region: this thread now has a parked worker
+        result["with_pool"] = threads_in_process()
+        loop = EngineLoop(engine)  # releases this thread's worker, starts the loop's own thread
+        result["after"] = threads_in_process()
+        loop.close()
+
+    try:
+        worker = threading.Thread(target=construct)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(before_threads)
+    # -1 worker released, +1 engine thread (its own workers start only with its first step, and none ran)
+    assert result["after"] == result["with_pool"], result
