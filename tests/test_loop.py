@@ -4,6 +4,7 @@ deltas as they are committed; closing a stream aborts its request; overload is r
 from __future__ import annotations
 
 import asyncio
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -84,6 +85,7 @@ def test_bad_input_and_overload_are_refused_at_once(engine):
         loop.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc/self/task")
 def test_the_loop_releases_the_constructing_threads_openmp_workers(engine):
     """A thread that ran a multi-threaded op keeps its OpenMP workers parked; with more of them than CPUs libgomp
     throttles every spin-wait, which slowed the loop's steps ~1.7×. The loop hands the constructing thread's back."""
