@@ -16,10 +16,10 @@ in the engine itself finishes every request in flight with ``finish_reason='erro
 that ever ran a multi-threaded op, parked after use; once the process has more such workers than CPUs, libgomp cuts
 every worker's spin-wait from ~300 000 to 100 iterations, so each op pays a futex wake-up. The thread that built the
 engine (loading, dtype choice, cost calibration) owns such a pool; left parked, it made every step on the loop's thread
-slower: a 8×576·576×2048 bf16 matmul 90 → 160 µs, the batch-8 job 130 → 75 tok/s (AMD EPYC, AVX512, 2 threads).
-So the loop releases the constructing thread's pool (``omp_pause_resource_all``) and then runs every step with the
-same thread count on its own: construct the loop on the thread that built the engine, and run no torch ops on that
-thread afterwards.
+slower: an 8×576·576×2048 bf16 matmul 90 → 160 µs, batch-8 generation 102–141 → 70–85 tok/s (AMD EPYC, AVX512,
+2 threads). So the loop releases the constructing thread's pool (``omp_pause_resource_all``) and runs every step on
+its own thread with the same thread count: construct the loop on the thread that built the engine, and run no torch
+ops on that thread afterwards.
 """
 
 from __future__ import annotations
