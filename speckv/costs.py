@@ -9,7 +9,8 @@ on one without, on a GPU nearly 1×, and a quantized target changes both. Three 
   threads) and cache it under ``cache_dir()/costs``.
 * :class:`OnlineCosts` — the engine's running view: calibration corrected by the wall time of every step the
   engine runs (calibration's synthetic forwards misjudge the real step's shape: it put verify(16, 2) at
-  verify(16, 1), the engine measured far more), plus what drafting and plain steps each delivered per ms.
+  verify(16, 1), the engine measured far more), pooled into one fitted curve per batch size, plus what drafting
+  and plain steps each delivered per ms.
 """
 
 from __future__ import annotations
@@ -182,20 +183,29 @@ class StepTimes:
 class OnlineCosts:
     """Calibration corrected by every step the engine runs; what the policy reads as ``ctx.costs``.
 
-    ``verify(n, t)``: the running measurement of that (batch, tokens) cell when the engine has run it; otherwise
-    the calibrated figure scaled by how this batch size's measurements compare with calibration (or, before any,
-    all batch sizes'). The first step of each shape is not counted: it builds its kernels (measured: a first 4-token
-    verify at int8 took twice its later ones, and the policy, seeing the width as dear, seldom ran it again to learn
-    otherwise). ``step(n)`` is the list a policy works with: ``step(n)[k]`` = ms of a step that verifies
-    1 + k tokens per row, bookkeeping included, non-decreasing in k; rebuilt every ``REFRESH`` steps (the
-    measurements move slowly, and a rebuild is dozens of Python calls)."""
+    ``verify(n, t)`` is one curve per batch size, ``a + b·[t > 1] + c·(t − 1)`` (plain step, the jump to any
+    multi-token forward, the cost per further token; b, c ≥ 0), fitted by weighted least squares to every cell the
+    engine has run at that batch size (weight: its samples, up to ``WINDOW``) and to the calibrated curve, scaled to
+    this batch size's measurements, as a prior of weight ``PRIOR`` per token count. Pooled, not cell by cell: a
+    step's time swings ±20 % on a loaded 2-core machine (measured, int8, batch 1: one run's cells for 2, 4 and 6
+    tokens, run 9–22 times each, sat 25–70 % above those for 3, 5 and 7, run 43–65 times), and a cell read on its own
+    — a rare width overstated by its few samples, then made the floor of every wider one — kept the policy off
+    widths that fixed trees showed to pay (learned 0.88× tree5x4n8 in one paired run). The jump is real on some
+    targets (bitsandbytes int8 on this CPU: 1.13–1.27× for a second token, ~3 % per token after), so a single
+    slope would not do. A cell's value is the running mean of its samples, an EMA over the last ``WINDOW`` or so.
+    The first step of each shape is not counted: it builds its kernels (measured: a first 4-token verify at int8
+    took twice its later ones). ``step(n)`` is the list a policy works with: ``step(n)[k]`` = ms of a step that
+    verifies 1 + k tokens per row, bookkeeping included; rebuilt every ``REFRESH`` steps (the measurements move
+    slowly, and a rebuild is dozens of Python calls)."""
 
-    EMA = 0.2
+    EMA = 0.2  # draft ms, overhead and delivered rates
+    WINDOW = 16  # samples a verify cell averages over
+    PRIOR = 1.0  # weight of each calibrated token count in the fit
     REFRESH = 8
 
     def __init__(self, calibrated: CostModel, max_tokens: int) -> None:
         self.calibrated, self.max_tokens = calibrated, max_tokens
-        self.verify_ms: dict[tuple[int, int], float] = {}
+        self.cells: dict[tuple[int, int], list[float]] = {}  # (batch, tokens) -> [mean verify ms, samples ≤ WINDOW]
         self.draft_ms: dict[int, float] = {}
         self.rate: dict[tuple[int, bool], float] = {}  # tokens per row per ms, by (batch, drafted)
         self.rate_steps: dict[tuple[int, bool], int] = {}
@@ -203,6 +213,7 @@ class OnlineCosts:
         self.overhead_per_row = 0.0
         self.steps = 0  # steps observed
         self._warm: set[tuple] = set()  # shapes seen once (batch, tokens, drafted)
+        self._fits: dict[int, tuple[int, np.ndarray]] = {}  # batch -> (steps when fitted, verify ms by tokens 1..)
         self._tables: dict[int, tuple[int, np.ndarray]] = {}  # batch -> (steps when built, step list)
 
     def _ema(self, old: float | None, new: float) -> float:
@@ -215,9 +226,13 @@ class OnlineCosts:
             self._warm.add(cell)
             return
         cell = cell[:2]
-        if cell not in self.verify_ms:
-            self._tables.pop(n, None)  # a newly measured cell: rebuild this batch size's list now
-        self.verify_ms[cell] = self._ema(self.verify_ms.get(cell), t.verify_ms)
+        if cell not in self.cells:  # a newly measured cell: refit this batch size now
+            self.cells[cell] = [0.0, 0.0]
+            self._fits.pop(n, None)
+            self._tables.pop(n, None)
+        mean = self.cells[cell]
+        mean[1] = min(mean[1] + 1, self.WINDOW)
+        mean[0] += (t.verify_ms - mean[0]) / mean[1]
         self.verify_scale = self._ema(self.verify_scale, t.verify_ms / self.calibrated.verify(n, t.tokens))
         if t.draft_forwards:
             per_forward = t.draft_ms / t.draft_forwards
@@ -231,23 +246,50 @@ class OnlineCosts:
         self.rate_steps[key] = self.rate_steps.get(key, 0) + 1
 
     def measured(self, batch: int, tokens: int) -> bool:
-        return (batch, tokens) in self.verify_ms
+        return (batch, tokens) in self.cells
 
     def draft(self, batch: int) -> float:
         return self.draft_ms.get(batch, self.calibrated.draft(batch) * self.draft_scale)
 
     def verify(self, batch: int, tokens: int) -> float:
-        measured = self.verify_ms.get((batch, tokens))
-        if measured is not None:
-            return measured
-        seen = [v / self.calibrated.verify(b, t) for (b, t), v in self.verify_ms.items() if b == batch]
-        scale = sum(seen) / len(seen) if seen else self.verify_scale
-        return self.calibrated.verify(batch, tokens) * scale
+        curve = self._curve(batch)
+        if tokens <= len(curve):
+            return float(curve[tokens - 1])
+        return float(curve[-1] + (curve[-1] - curve[-2]) * (tokens - len(curve)))  # the fitted slope, c
 
     def step(self, batch: int) -> np.ndarray:
         built, table = self._tables.get(batch, (None, None))
         if table is None or self.steps - built >= self.REFRESH:
-            table = np.array(monotone([self.verify(batch, 1 + k) for k in range(self.max_tokens)]))
-            table += self.overhead_per_row * batch
+            table = self._curve(batch)[: self.max_tokens] + self.overhead_per_row * batch
             self._tables[batch] = (self.steps, table)
         return table
+
+    def _curve(self, batch: int) -> np.ndarray:  # [max(max_tokens, 2)] verify ms for 1, 2, … tokens per row
+        built, curve = self._fits.get(batch, (None, None))
+        if curve is None or self.steps - built >= self.REFRESH:
+            curve = self._fit(batch)
+            self._fits[batch] = (self.steps, curve)
+        return curve
+
+    def _fit(self, batch: int) -> np.ndarray:
+        tokens = np.arange(1, max(self.max_tokens, 2) + 1)
+        cells = [(t, mean, w) for (b, t), (mean, w) in self.cells.items() if b == batch]
+        seen = sum(w * mean / self.calibrated.verify(batch, t) for t, mean, w in cells)
+        scale = seen / sum(w for _, _, w in cells) if cells else self.verify_scale
+        prior = [self.calibrated.verify(batch, int(t)) * scale for t in tokens]
+        t = np.array([c[0] for c in cells] + list(tokens), np.float64)
+        y = np.array([c[1] for c in cells] + prior)
+        w = np.sqrt(np.array([c[2] for c in cells] + [self.PRIOR] * len(tokens)))
+        x = np.stack([np.ones_like(t), (t > 1).astype(np.float64), t - 1], axis=1)  # a, b, c
+        best, best_err = None, np.inf
+        for cols in ([0, 1, 2], [0, 2], [0, 1], [0]):  # the best fit whose jump and slope are not negative
+            coef = np.linalg.lstsq(x[:, cols] * w[:, None], y * w, rcond=None)[0]
+            if (coef[1:] < 0).any():
+                continue
+            err = float(np.sum(((x[:, cols] @ coef - y) * w) ** 2))
+            if err < best_err:
+                full = np.zeros(3)
+                full[cols] = coef
+                best, best_err = full, err
+        grid = np.stack([np.ones(len(tokens)), (tokens > 1).astype(np.float64), tokens - 1.0], axis=1)
+        return np.maximum(grid @ best, 0.0)

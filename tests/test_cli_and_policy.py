@@ -237,7 +237,23 @@ def test_the_first_step_of_a_shape_is_not_counted():
     costs.observe(first)
     assert not costs.measured(1, 2) and costs.verify(1, 2) == 45.0
     costs.observe(StepTimes(**{**first.__dict__, "verify_ms": 47.0, "wall_ms": 50.0}))
-    assert costs.measured(1, 2) and costs.verify(1, 2) == 47.0
+    assert costs.measured(1, 2) and costs.verify(1, 2) == pytest.approx(47.0)
+
+
+def test_verify_costs_pool_the_cells_into_one_curve_per_batch_size():
+    """A width run twice, slow both times, must not make every wider width dear: the cells share one fitted
+    curve (plain + jump + per-token slope), so a rare cell's noise is outweighed by the widths run often."""
+    flat = CostModel([1], [1, 9], [[40.0, 48.0]], [2.0])  # calibration: 1 ms per further token, no jump
+    costs = online(flat)
+    for tokens, ms, times in ((1, 40.0, 30), (2, 52.0, 30), (4, 54.0, 30), (3, 80.0, 2)):  # 3 tokens: a rare outlier
+        for _ in range(times + 1):  # + the uncounted first step of the shape
+            costs.observe(StepTimes(batch=1, tokens=tokens, draft_forwards=tokens - 1, draft_ms=0.0, verify_ms=ms,
+                                    decision_ms=0.0, wall_ms=ms, delivered=1.0, drafted=tokens > 1))
+    step = costs.step(1)
+    assert step[0] == pytest.approx(40.0, abs=1.5)
+    # the measured jump (12 ms) kept; the outlier outweighed (cell by cell, 3 and 4 tokens would read 67 ms)
+    assert 50.0 < step[1] < 54.0 and step[2] < 56.0 and step[3] < 57.0
+    assert all(b >= a for a, b in zip(step, step[1:]))  # never cheaper to verify more
 
 
 def test_gate_falls_back_to_plain_decoding_and_reprobes_with_backoff():

@@ -109,8 +109,11 @@ def test_rule_adds_a_column_only_while_tokens_per_second_rise():
     # one row, values 0.9, 0.5, 0.05: the third column adds 0.05 tokens for 10 % more time
     width, expected, took = choose_width(np.array([[0.9, 0.5, 0.05]]), np.array([1]), step, np.array([0.0]), 0.0)
     assert width.tolist() == [2] and expected[0] == 1 + 0.9 + 0.5 and took[0] == 120.0
-    # a margin of 0.5 asks more of each column: the second no longer pays
-    assert choose_width(np.array([[0.9, 0.5, 0.05]]), np.array([1]), step, np.array([0.0]), 0.5)[0].tolist() == [1]
+    # the margin is asked of the first column only (leaving plain decoding): 0.9 tokens for 10 % more time clear
+    # a margin of 0.5 (90 > 10 + 0.5·110) but not of 0.9; the second column, which a margin of 0.5 would stop
+    # (0.5·110 < 1.9·10 + 0.5·1.9·120), joins on its rate alone
+    assert choose_width(np.array([[0.9, 0.5, 0.05]]), np.array([1]), step, np.array([0.0]), 0.5)[0].tolist() == [2]
+    assert choose_width(np.array([[0.9, 0.5, 0.05]]), np.array([1]), step, np.array([0.0]), 0.9)[0].tolist() == [0]
     # in a batch the column's value is summed over its rows against all their tokens
     assert choose_width(np.array([[0.3, 0.2]]), np.array([4]), step, np.array([0.0]), 0.0)[0].tolist() == [0]
     assert worth_expanding(0.5, 1.9, 110.0, 2.0, 10.0, 0.0) and not worth_expanding(0.05, 1.9, 110.0, 2.0, 10.0, 0.0)
