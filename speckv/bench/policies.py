@@ -1,8 +1,9 @@
 """``speckv bench``: budget policies side by side on the embedded pair, plus Hugging Face's assisted generation.
 
 For each compression level one target and one set of drafters are loaded and shared by all methods; the methods
-run interleaved (the order rotates every repeat) over the same prompts, and the table quotes medians over repeats
-with each ratio's paired-bootstrap 95 % interval (:mod:`speckv.bench.stats`). Methods (names compose):
+run interleaved over the same prompts — at batch 1 prompt by prompt (each prompt under every method back to back),
+in a batch run by run — the order rotating, and the table quotes medians over repeats with each ratio's
+paired-bootstrap 95 % interval (:mod:`speckv.bench.stats`). Methods (names compose):
 
 * ``ar`` — plain decoding through the same engine; ``fixedN`` — a chain of N drafted tokens every step;
   ``treeDxKnN`` — a fixed tree (K children per node, D levels, the N most probable kept: EAGLE-2's rerank);
@@ -81,10 +82,20 @@ def method_config(name: str, gamma_max: int) -> tuple[PolicySpec, DraftSpec]:
     return PolicySpec(name=base, gamma=4, gamma_max=gamma_max), draft
 
 
-def engine_run(engine, requests) -> dict:
-    start = time.perf_counter()
-    results = engine.generate(requests)
-    wall = time.perf_counter() - start
+def engine_runner(engine):
+    """(run, summarize): ``run(requests)`` generates them and times it; ``summarize(parts)`` is the table's figures
+    over any number of such runs."""
+    def run(requests) -> tuple[list, float]:
+        start = time.perf_counter()
+        results = engine.generate(requests)
+        return results, time.perf_counter() - start
+
+    return run, engine_summary
+
+
+def engine_summary(parts: list[tuple[list, float]]) -> dict:
+    results = [r for rs, _ in parts for r in rs]
+    wall = sum(w for _, w in parts)
     steps = [s for r in results for s in r.steps]
     tokens = sum(len(r.token_ids) for r in results)
     per_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
@@ -109,28 +120,34 @@ def engine_run(engine, requests) -> dict:
     }
 
 
-def hf_run(target, tokenizer, requests, assistant=None) -> dict:
+def hf_runner(target, tokenizer, assistant=None):
+    """(run, summarize) for ``transformers`` ``generate()``, one prompt at a time."""
     from speckv.engine import encode_request
 
-    tokens, wall, outputs, seconds = 0, 0.0, [], []
-    per_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for req in requests:
-        ids = torch.tensor([encode_request(tokenizer, req)], device=target.device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=req.sampling.max_new_tokens,
-                                  do_sample=False, assistant_model=assistant, pad_token_id=tokenizer.pad_token_id)
-        dt = time.perf_counter() - start
-        new = out[0, ids.shape[1] :].tolist()
-        outputs.append(new)
-        seconds.append(dt)
-        tokens += len(new)
-        wall += dt
-        per_task[req.task][0] += len(new)
-        per_task[req.task][1] += dt
-    return {"tokens": tokens, "wall": wall, "tok_s": tokens / wall, "outputs": outputs,
-            "prompt_tokens": [len(o) for o in outputs], "prompt_seconds": seconds,
-            "per_task": {t: v[0] / v[1] for t, v in per_task.items()}}
+    def run(requests) -> list[tuple[str, list[int], float]]:
+        out = []
+        for req in requests:
+            ids = torch.tensor([encode_request(tokenizer, req)], device=target.device)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                gen = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=req.sampling.max_new_tokens, assistant_model=assistant,
+                                      pad_token_id=tokenizer.pad_token_id)
+            out.append((req.task, gen[0, ids.shape[1] :].tolist(), time.perf_counter() - start))
+        return out
+
+    def summarize(parts) -> dict:
+        rows = [row for part in parts for row in part]
+        tokens, wall = sum(len(new) for _, new, _ in rows), sum(dt for _, _, dt in rows)
+        per_task: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+        for task, new, dt in rows:
+            per_task[task][0] += len(new)
+            per_task[task][1] += dt
+        return {"tokens": tokens, "wall": wall, "tok_s": tokens / wall, "outputs": [new for _, new, _ in rows],
+                "prompt_tokens": [len(new) for _, new, _ in rows], "prompt_seconds": [dt for _, _, dt in rows],
+                "per_task": {t: v[0] / v[1] for t, v in per_task.items()}}
+
+    return run, summarize
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,17 +209,27 @@ def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list
         engines = {m: SpecEngine(EngineConfig(target=spec, policy=pol, draft=draft, max_batch_size=batch),
                                  target=target, tokenizer=tokenizer, drafter=drafter_for(draft), device=device,
                                  actor_id=f"bench-{level}-{batch}") for m, (pol, draft) in configs.items()}
-        runners = {m: (lambda e=e: engine_run(e, requests)) for m, e in engines.items()}
+        runners = {m: engine_runner(e) for m, e in engines.items()}
         if not args.no_hf and assistant is not None and batch == 1:
-            runners["hf_generate"] = lambda: hf_run(target, tokenizer, requests)
-            runners["hf_assisted"] = lambda: hf_run(target, tokenizer, requests, assistant)
+            runners["hf_generate"] = hf_runner(target, tokenizer)
+            runners["hf_assisted"] = hf_runner(target, tokenizer, assistant)
         runs: dict[str, list[dict]] = defaultdict(list)
         names = list(runners)
-        with tqdm(total=batch_repeats * len(names), desc=f"bench {level} batch {batch}", unit="run") as bar:
+        # batch 1: every prompt under every method back to back, so the paired interval over prompts sees drift
+        # hit both sides alike; a batch: the methods take turns over the whole prompt set. The order rotates
+        # (per prompt and repeat) so that no method is always first.
+        units = [[r] for r in requests] if batch == 1 else [requests]
+        with tqdm(total=batch_repeats * len(names) * len(units), desc=f"bench {level} batch {batch}",
+                  unit="run") as bar:
             for rep in range(batch_repeats):
-                for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate: none always first
-                    runs[name].append(runners[name]())
-                    bar.update(1)
+                parts = defaultdict(list)
+                for i, unit in enumerate(units):
+                    k = (rep + i) % len(names)
+                    for name in names[k:] + names[:k]:
+                        parts[name].append(runners[name][0](unit))
+                        bar.update(1)
+                for name in names:
+                    runs[name].append(runners[name][1](parts[name]))
         measured = next((e for e in engines.values() if e.costs is not None), None)
         record = machine_record(measured or next(iter(engines.values())))
         rows += summarize_level(level, batch, runs, configs, measured, args.baseline)
