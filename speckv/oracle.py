@@ -323,7 +323,8 @@ def replay_trees(arr: dict, costs: Costs, batch: int, policy: str, model=None, n
         drafted = np.zeros(len(rows), int)
         np.maximum.at(drafted, inverse, np.where(real & (arr["source"] == HEAD), arr["depth"], 0).max(axis=1))
         step = np.array([costs.verify(batch, 1 + k) for k in range(ranked.shape[1] + 1)])
-        width, _, _ = choose_width(gains, rows, step, costs.draft(batch) * drafted, margin * np.sqrt(batch))
+        m = margin * np.sqrt(batch)
+        width, _, _ = choose_width(gains, rows, step, costs.draft(batch) * drafted, m, m if batch > 1 else 0.0)
         keep = _top(np.where(real, value, -1.0), width[inverse])
     tokens = (keep & arr["on_path"]).sum(axis=1) + 1
     width = keep.sum(axis=1)

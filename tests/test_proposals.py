@@ -114,6 +114,8 @@ def test_rule_adds_a_column_only_while_tokens_per_second_rise():
     # (0.5·110 < 1.9·10 + 0.5·1.9·120), joins on its rate alone
     assert choose_width(np.array([[0.9, 0.5, 0.05]]), np.array([1]), step, np.array([0.0]), 0.5)[0].tolist() == [2]
     assert choose_width(np.array([[0.9, 0.5, 0.05]]), np.array([1]), step, np.array([0.0]), 0.9)[0].tolist() == [0]
+    # ... unless the later columns are asked a margin too (a batch's)
+    assert choose_width(np.array([[0.9, 0.5, 0.05]]), np.array([1]), step, np.array([0.0]), 0.5, 0.5)[0].tolist() == [1]
     # in a batch the column's value is summed over its rows against all their tokens
     assert choose_width(np.array([[0.3, 0.2]]), np.array([4]), step, np.array([0.0]), 0.0)[0].tolist() == [0]
     assert worth_expanding(0.5, 1.9, 110.0, 2.0, 10.0, 0.0) and not worth_expanding(0.05, 1.9, 110.0, 2.0, 10.0, 0.0)

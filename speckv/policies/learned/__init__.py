@@ -35,15 +35,15 @@ class LearnedPolicy:
     name = "learned"
     needs_costs = True
     #: leave plain decoding only for an expected gain of at least MARGIN·√batch (the gate, and a step's first
-    #: column; later columns need only raise the rate: see .rule): plain decoding is the safe side, and the wider the
-    #: batch the more a drafted step's cost is an estimate. Measured, bf16: a flat 0.2 kept batch 4 plain (0.97×
+    #: column; at batch 1 later columns need only raise the rate, in a batch each pays the margin too: see .rule):
+    #: plain decoding is the safe side, and the wider the batch the more a drafted step's cost is an estimate. Measured, bf16: a flat 0.2 kept batch 4 plain (0.97×
     #: fixed γ=4); a flat 0.05 drafted at batch 16, losing 5–6 % to plain decoding
     MARGIN = 0.05
 
     def __init__(self, model: AcceptanceModel | None, gamma_max: int, depth: int, topk: int = 1) -> None:
         self.model, self.gamma_max, self.depth, self.topk = model, gamma_max, depth, topk
         self.gate = Gate()
-        self.margin = self.MARGIN
+        self.margin = self.later = self.MARGIN
 
     @classmethod
     def load(cls, path: str | Path | None, gamma_max: int, depth: int, topk: int = 1) -> LearnedPolicy:
@@ -60,7 +60,8 @@ class LearnedPolicy:
     def plan(self, ctx: StepContext) -> Plan:
         n, cap = ctx.batch_size, min(self.gamma_max, ctx.gamma_max)
         assert ctx.costs is not None, "the learned policy decides on measured costs (needs_costs)"
-        self.margin = self.MARGIN * math.sqrt(n)  # holds for this step's later decisions too
+        self.margin = self.MARGIN * math.sqrt(n)  # these hold for this step's later decisions too
+        self.later = self.margin if n > 1 else 0.0
         columns = self.gate.decide(ctx.costs, n, float(ctx.first_accept.sum()), self.margin)
         nodes = torch.full((n,), 1 if columns == 1 else cap, dtype=torch.long)
         depth = {0: 0, 1: 1}.get(columns, self.depth)  # plain: no head forward, only free lookup candidates
@@ -77,7 +78,7 @@ class LearnedPolicy:
         new = torch.where(tree.real[:, start:end], tree.value[:, start:end] * tree.accept[:, start:end], 0.0)
         gain = float(new.max(dim=1).values.sum()) if end > start else 0.0
         return worth_expanding(gain, expected, took, draft, step[width + 1] - step[width],
-                               self.margin if width == 0 else 0.0)
+                               self.margin if width == 0 else self.later)
 
     def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:
         self._score(ctx, tree)
@@ -97,7 +98,7 @@ class LearnedPolicy:
         ranked[np.arange(n)[None, :] >= caps.numpy()[:, None]] = 0.0
         spent = np.array([tree.forwards * costs.draft(ctx.batch_size)])
         width, expected, took = choose_width(ranked.sum(axis=0)[None], np.array([ctx.batch_size]),
-                                             costs.step(ctx.batch_size), spent, self.margin)
+                                             costs.step(ctx.batch_size), spent, self.margin, self.later)
         return int(width[0]), float(expected[0]), float(took[0])
 
     def _score(self, ctx: StepContext, tree: TreeBuilder) -> None:

@@ -8,9 +8,13 @@ acceptances along its path). Column W+1 joins when it raises the rate, the first
 
     (E + G_W) / T(W+1) > (1 + m_W) · E / T(W)   ⇔   G_W · T(W) > E · (T(W+1) − T(W)) + m_W · E · T(W+1)
 
-with m_0 = m and m_W = 0 after it. The margin guards the step's leaving plain decoding, the safe side, against
-estimates that err together; asked of every column again it compounded (each cheap column had to add another m to
-the rate on its own), which in replays of held-out steps cost learned 3–17 % at batch 1 and 6–11 % at batch 8.
+with m_0 = m, the margin of leaving plain decoding (the safe side, against estimates that err together), and
+m_W = ``later`` after it. A row alone (batch 1) runs ``later`` = 0: the margin asked again of every column
+compounded (each cheap column had to add another m to the rate on its own), which cost learned 3–17 % in replays
+of held-out steps (live, paired, together with the pooled costs of :class:`speckv.costs.OnlineCosts`: +10 % at
+int8, +3 % at nf4, ±0 at bf16; ``bench/results/learned_rule_ab.md``). A batch keeps
+``later`` = m: there a column's worth is summed over rows against a width cost mostly extrapolated, and dropping it
+there verified more lookup nodes at batch 8 and lost (grounded tasks: 0.92× `ar` against 1.07×).
 
 Columns are tried in order and the first that does not pay ends the step, so whether a node is verified depends
 only on nodes valued at least as high — for a chain, the nodes before it, which keeps sampling lossless. One more
@@ -32,7 +36,8 @@ def choose_width(
     rows: np.ndarray,  # [S] rows per step (B: the tokens a plain step commits)
     step_ms: np.ndarray,  # [M+1] ms of a step verifying 1 + k tokens per row
     spent: np.ndarray,  # [S] ms already spent drafting this step
-    margin: float,  # m: asked of the first column only (leaving plain decoding)
+    margin: float,  # m_0: asked of the first column (leaving plain decoding)
+    later: float = 0.0,  # m_W, W ≥ 1: asked of every further column
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # W [S], expected tokens E(W) [S], time T(W) [S]
     s, m = gains.shape
     width = np.zeros(s, np.int64)
@@ -41,7 +46,7 @@ def choose_width(
     going = np.ones(s, bool)
     for k in range(min(m, len(step_ms) - 1)):
         wider = spent + step_ms[k + 1]
-        m_k = margin if k == 0 else 0.0
+        m_k = margin if k == 0 else later
         go = going & (gains[:, k] * took > expected * (wider - took) + m_k * expected * wider)
         width += go
         expected = np.where(go, expected + gains[:, k], expected)
@@ -55,6 +60,6 @@ def choose_width(
 def worth_expanding(gain: float, expected: float, took: float, draft_ms: float, column_ms: float,
                     margin: float) -> bool:
     """One more draft forward (``draft_ms``) and the column it adds (``column_ms``) for ``gain`` expected tokens;
-    ``margin``: the first column's (pass 0 once the step verifies any)."""
+    ``margin``: the first column's, or ``later``'s once the step verifies any."""
     more = draft_ms + column_ms
     return gain * took > expected * more + margin * expected * (took + more)
