@@ -99,7 +99,8 @@ def main() -> int:
                 nodes[m][0] += sum(s["num_draft_tokens"] for s in out.steps)
                 nodes[m][1] += len(out.steps)
     record = machine_record(next(e for e in engines.values() if e.costs is not None))
-    print(f"{args.level}: {where(record)}; {len(requests)} prompts × {args.passes} passes, {args.max_new_tokens} tokens")
+    print(f"{args.level}: {where(record)}; {len(requests)} prompts × {args.passes} passes, "
+          f"{args.max_new_tokens} tokens")
     base = methods[0]
     for m in methods:
         r = ratio_interval(np.array(tokens[m], float), np.array(seconds[m]), np.array(tokens[base], float),

@@ -188,8 +188,8 @@ class OnlineCosts:
     engine has run at that batch size (weight: its samples, up to ``WINDOW``) and to the calibrated curve, scaled to
     this batch size's measurements, as a prior of weight ``PRIOR`` per token count. Pooled, not cell by cell: a
     step's time swings ±20 % on a loaded 2-core machine (measured, int8, batch 1: one run's cells for 2, 4 and 6
-    tokens, run 9–22 times each, sat 25–70 % above those for 3, 5 and 7, run 43–65 times), and a cell read on its own
-    — a rare width overstated by its few samples, then made the floor of every wider one — kept the policy off
+    tokens, run 9–22 times each, sat 30–65 % above those for 3, 5 and 7, run 43–65 times), and a cell read on its
+    own — a rare width overstated by its few samples, then made the floor of every wider one — kept the policy off
     widths that fixed trees showed to pay (learned 0.88× tree5x4n8 in one paired run). The jump is real on some
     targets (bitsandbytes int8 on this CPU: 1.13–1.27× for a second token, ~3 % per token after), so a single
     slope would not do. A cell's value is the running mean of its samples, an EMA over the last ``WINDOW`` or so.

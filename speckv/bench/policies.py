@@ -304,8 +304,9 @@ def write_outputs(table: list[dict], args, n_prompts: int, machines: dict) -> No
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     refs = [f"x_{r}" for r in dict.fromkeys((args.baseline, "ar"))]
-    cols = ["compression", "batch", "method", "tok_s", *refs, "x_best_fixed", "mean_acceptance_length", "tokens_per_target_forward",
-            "mean_nodes", "draft_share", "verify_share", "decision_ms_p50", "decision_ms_p99", "same_as_plain"]
+    cols = ["compression", "batch", "method", "tok_s", *refs, "x_best_fixed", "mean_acceptance_length",
+            "tokens_per_target_forward", "mean_nodes", "draft_share", "verify_share", "decision_ms_p50",
+            "decision_ms_p99", "same_as_plain"]
     tasks = sorted({k for r in table for k in r if k.startswith("tok_s_")})
     with open(out / f"{args.name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=cols + tasks, extrasaction="ignore")

@@ -36,8 +36,9 @@ class LearnedPolicy:
     needs_costs = True
     #: leave plain decoding only for an expected gain of at least MARGIN·√batch (the gate, and a step's first
     #: column; at batch 1 later columns need only raise the rate, in a batch each pays the margin too: see .rule):
-    #: plain decoding is the safe side, and the wider the batch the more a drafted step's cost is an estimate. Measured, bf16: a flat 0.2 kept batch 4 plain (0.97×
-    #: fixed γ=4); a flat 0.05 drafted at batch 16, losing 5–6 % to plain decoding
+    #: plain decoding is the safe side, and the wider the batch the more a drafted step's cost is an estimate.
+    #: Measured, bf16: a flat 0.2 kept batch 4 plain (0.97× fixed γ=4); a flat 0.05 drafted at batch 16, losing
+    #: 5–6 % to plain decoding
     MARGIN = 0.05
 
     def __init__(self, model: AcceptanceModel | None, gamma_max: int, depth: int, topk: int = 1) -> None:

@@ -12,9 +12,9 @@ with m_0 = m, the margin of leaving plain decoding (the safe side, against estim
 m_W = ``later`` after it. A row alone (batch 1) runs ``later`` = 0: the margin asked again of every column
 compounded (each cheap column had to add another m to the rate on its own), which cost learned 3–17 % in replays
 of held-out steps (live, paired, together with the pooled costs of :class:`speckv.costs.OnlineCosts`: +10 % at
-int8, +3 % at nf4, ±0 at bf16; ``bench/results/learned_rule_ab.md``). A batch keeps
-``later`` = m: there a column's worth is summed over rows against a width cost mostly extrapolated, and dropping it
-there verified more lookup nodes at batch 8 and lost (grounded tasks: 0.92× `ar` against 1.07×).
+int8, +3 % at nf4, ±0 at bf16; ``bench/results/learned_rule_ab.md``). A batch keeps ``later`` = m: there a
+column's worth is summed over rows against a width cost mostly extrapolated, and dropping it there verified more
+lookup nodes at batch 8 and lost (grounded tasks: 0.92× `ar`, against 1.00–1.08× with it).
 
 Columns are tried in order and the first that does not pay ends the step, so whether a node is verified depends
 only on nodes valued at least as high — for a chain, the nodes before it, which keeps sampling lossless. One more

@@ -1,0 +1,299 @@
+"""EAGLE-style drafter: a one-layer head over the target's own features.
+
+The head predicts the target's next *feature* (``target.model(...).last_hidden_state``, the input of
+``target.lm_head``) from the current feature and the embedding of the token that follows it:
+
+    f̂_{t+1} = norm(layer(fc([f_t ; e(x_{t+1})])))         logits for x_{t+2} = lm_head(f̂_{t+1})
+
+Committed positions feed the target's real features; positions drafted beyond them feed the head's own
+prediction f̂. The target's ``embed_tokens`` and ``lm_head`` are reused (frozen, not copied). The head may be
+restricted to the first ``draft_vocab`` token ids (BPE ids are roughly ordered by frequency, so this is a
+slice of the LM head, not a copy); its logits then cover those ids only (the protocol's "the rest have probability
+0"), and verification against the target's full distribution stays lossless.
+
+Files: ``model.safetensors`` (fc + decoder layer + norm) and ``eagle.json`` (head config and training
+metadata). No pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from speckv.drafters import int8
+from speckv.drafters.draft_lm import pad_right
+from speckv.drafters.tree import TreeBuilder
+from speckv.kvcache import CACHE_KWARG, RaggedCache
+from speckv.models import ASSETS
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "eagle.json"
+#: Fields of the target's config the head's decoder layer copies (attention shape, MLP width, RoPE).
+_LAYER_FIELDS = (
+    "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "hidden_act", "rms_norm_eps", "rope_theta", "rope_parameters", "rope_scaling", "max_position_embeddings",
+    "attention_bias", "mlp_bias",
+)
+
+
+def default_eagle_path() -> Path:
+    """The head shipped for the embedded target (trained by ``speckv distill --kind eagle``)."""
+    return ASSETS / "eagle"
+
+
+def head_config(target_config) -> dict:
+    """The head's decoder config: the target's layer shape, one layer, and a 1-token vocabulary (no embedding copy)."""
+    src = target_config.to_dict()
+    cfg = {k: src[k] for k in _LAYER_FIELDS if src.get(k) is not None}
+    cfg.update(num_hidden_layers=1, vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+               tie_word_embeddings=False)
+    return cfg
+
+
+class EagleHead(nn.Module):
+    """fc over [feature ; token embedding] → one Llama decoder layer → RMSNorm → predicted feature."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.config = dict(config)
+        self.fc = nn.Linear(2 * hidden, hidden, bias=True)
+        # sdpa: takes the boolean 4-D masks of training-time test as well as the ragged 2-D masks at inference
+        self.model = LlamaModel(LlamaConfig(**config, attn_implementation="sdpa"))
+
+    def forward(
+        self,
+        features: torch.Tensor,  # [B, L, H] target (or predicted) features
+        token_embeds: torch.Tensor,  # [B, L, H] embeddings of the token after each feature
+        **model_kwargs,  # attention_mask / position_ids / cache for the decoder layer
+    ) -> torch.Tensor:  # [B, L, H] predicted next features
+        x = self.fc(torch.cat([features, token_embeds], dim=-1))
+        return self.model(inputs_embeds=x, **model_kwargs).last_hidden_state
+
+
+class EagleDrafter:
+    """Implements :class:`speckv.drafters.base.Drafter` with an :class:`EagleHead` and a :class:`RaggedCache`.
+
+    Committed positions are fed to the head with the target's real features, lazily: a commit queues them (a plain
+    step costs the drafter a list append) and the next drafting step feeds the queue in one ragged forward, which
+    also yields the predicted feature at each row's root. The tree then grows depth by depth (EAGLE-2): each
+    forward feeds the frontier — the best new nodes — with their parents' predicted features, every node attending
+    to the committed prefix and its own ancestors only; the head's drafted slots are dropped at commit."""
+
+    needs_target_hidden = True
+    kind = "eagle"
+
+    def __init__(self, head: EagleHead, target_model: nn.Module, device: torch.device,
+                 draft_vocab: int | None = None, metadata: dict | None = None, int8_weights: bool = False) -> None:
+        self.head = head.to(device).eval().requires_grad_(False)
+        self.embed = target_model.get_input_embeddings()
+        self.lm_head = target_model.get_output_embeddings()
+        full = int(self.lm_head.weight.shape[0])
+        self.draft_vocab = draft_vocab if draft_vocab and draft_vocab < full else None
+        self.vocab_size = self.draft_vocab or full
+        self.device = device
+        self.metadata = metadata or {}
+        self.dtype = next(self.head.parameters()).dtype
+        # on CPU the head's layer and its LM-head slice can read int8 weights (see speckv.drafters.int8); the
+        # target's own LM head stays as it is, the head reads a quantized copy of its first rows
+        self.int8_weights = bool(int8_weights) and int8.available(device) and self.lm_head.weight.dtype.is_floating_point
+        self._int8_logits: int8.Int8Linear | None = None
+        if self.int8_weights:
+            self.head = copy.deepcopy(self.head)  # quantized in place: never alter the caller's module
+            int8.quantize_linears(self.head)
+            self._int8_logits = int8.Int8Linear(self.lm_head.weight[: self.draft_vocab], None, self.dtype)
+        self.cache = RaggedCache(0, device)
+        # committed positions not yet fed, as whole-batch chunks (tokens [B, w], features [B, w, H], valid [B, w]):
+        # feature f_t with the token x_{t+1} after it; the last one of each row is its root's
+        self.queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._drafted: list[torch.Tensor] = []  # node ids [B, K] of the slots drafted this step, in slot order
+
+    # ---- loading / saving -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, target_model: nn.Module, device: torch.device,
+             int8_weights: bool | None = None) -> EagleDrafter:
+        """``int8_weights=None``: int8 where it drafts faster on this machine (measured once, cached)."""
+        path = Path(path)
+        meta = json.loads((path / META_FILE).read_text())
+        head = EagleHead(meta["head_config"])
+        head.load_state_dict(load_file(path / WEIGHTS_FILE), strict=True)
+        # the head computes in the target's dtype: its features and embeddings arrive in that dtype
+        dtype = target_model.get_output_embeddings().weight.dtype
+        if not dtype.is_floating_point or dtype.itemsize < 2:  # quantized LM head: keep bf16
+            dtype = torch.bfloat16
+        head.to(dtype)
+
+        def build(quantized: bool) -> EagleDrafter:
+            return cls(head, target_model, device, draft_vocab=meta.get("draft_vocab"), metadata=meta,
+                       int8_weights=quantized)
+
+        if int8_weights is None:
+            int8_weights = int8.available(device) and choose_int8(build, meta, dtype)
+        return build(int8_weights)
+
+    @staticmethod
+    def save(head: EagleHead, path: str | Path, metadata: dict, dtype: torch.dtype = torch.bfloat16) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to(dtype).contiguous() for k, v in head.state_dict().items()}
+        save_file(state, path / WEIGHTS_FILE)
+        (path / META_FILE).write_text(json.dumps({"head_config": head.config, **metadata}, indent=2) + "\n")
+
+    # ---- the Drafter protocol ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def admit(self, prompt_ids, first_tokens, hidden) -> None:
+        if hidden is None:
+            raise ValueError("EagleDrafter needs the target's hidden states (needs_target_hidden=True)")
+        assert len(prompt_ids) == len(hidden) == first_tokens.shape[0]
+        # pair feature f_t with token x_{t+1}: the prompt shifted by one, then the target's first token
+        toks, valid = pad_right([list(ids[1:]) + [first] for ids, first in zip(prompt_ids, first_tokens.tolist())],
+                                self.device)
+        feats = torch.zeros(*toks.shape, hidden[0].shape[-1], dtype=self.dtype, device=self.device)
+        for b, (ids, feat) in enumerate(zip(prompt_ids, hidden)):
+            assert feat.shape[0] == len(ids), "one feature per prompt position"
+            feats[b, : len(ids)] = feat
+        # the prompt goes in now, in a cache of its own that then joins the batch's; each row's last pair (its
+        # root's) stays queued, so that the next drafting step feeds every row alike
+        n, last = len(prompt_ids), valid.sum(dim=1) - 1
+        cache = RaggedCache(n, self.device)
+        before_last = valid & (torch.arange(toks.shape[1], device=self.device)[None, :] < last[:, None])
+        self._forward(cache, feats, toks, before_last)
+        rows = torch.arange(n, device=self.device)
+        root = (toks[rows, last][:, None], feats[rows, last][:, None], torch.ones(n, 1, dtype=torch.bool, device=self.device))
+        old = self.cache.batch_size
+        self.cache.extend(cache)
+        pad = lambda t, k: torch.cat([t, t.new_zeros((k, *t.shape[1:]))])  # noqa: E731 — rows that hold nothing
+        self.queue = [tuple(pad(t, n) for t in chunk) for chunk in self.queue]
+        self.queue.append(tuple(torch.cat([t.new_zeros((old, *t.shape[1:])), t]) for t in root))
+
+    @torch.no_grad()
+    def grow(self, tree: TreeBuilder, plan, expand, draws) -> None:
+        if plan.depth == 0 or not bool((plan.nodes > 0).any()):
+            return
+        pred = self._feed_queue()  # [B, H] the predicted feature at each row's root
+        tree.forwards += 1
+        root_position = self.cache.lengths - 1
+        self._start = self.cache.valid.shape[1]
+        parents = torch.where(plan.nodes.to(self.device) > 0, 0, -1)[:, None]  # [B, F] nodes to expand
+        parent_pred = pred[:, None]  # [B, F, H] their predicted features
+        for depth in range(plan.depth):
+            tree.add_children(parents, self._logits(parent_pred), plan.topk, draws)
+            if depth + 1 == plan.depth or not expand(tree):
+                break
+            front = tree.frontier(plan.topk)  # [B, K] the best new nodes
+            if not bool((front >= 0).any()):
+                break
+            # each frontier node's input: its parent's predicted feature and its own token's embedding
+            of_parent = (parents[:, :, None] == tree.parents.gather(1, (front - 1).clamp(min=0))[:, None, :])
+            feats = parent_pred.gather(1, of_parent.int().argmax(dim=1)[..., None].expand(-1, -1, pred.shape[-1]))
+            parent_pred = self._forward_nodes(tree, front, feats, root_position)
+            tree.forwards += 1
+            parents = front
+
+    @torch.no_grad()
+    def commit(self, new_tokens, num_new, hidden) -> None:
+        if hidden is None:
+            raise ValueError("EagleDrafter needs the target's hidden states in commit")
+        if self._drafted:  # drafted slots carry predicted features: the target's real ones replace them
+            width = self.cache.valid.shape[1] - self._start
+            self.cache.keep_last(torch.zeros(self.cache.batch_size, width, dtype=torch.bool, device=self.device))
+            self.cache.trim()
+            self._drafted = []
+        width = new_tokens.shape[1]
+        valid = torch.arange(width, device=self.device)[None, :] < num_new.to(self.device)[:, None]
+        self.queue.append((new_tokens.to(self.device), hidden[:, :width].to(self.device, self.dtype), valid))
+
+    def drop(self, keep: torch.Tensor) -> None:
+        keep = keep.to(self.device)
+        self.cache.select_rows(keep)
+        self.queue = [tuple(t[keep] for t in chunk) for chunk in self.queue]
+
+    def describe(self) -> list:
+        return [self.kind, sum(p.numel() for p in self.head.parameters()), self.vocab_size, self.int8_weights]
+
+    def forward_timer(self, batch: int, context: int):
+        """One drafted token per row over a ``context``-slot cache of its own (the live batch is not touched)."""
+        hidden = self.lm_head.weight.shape[1]
+        gen = torch.Generator().manual_seed(0)
+        cache = RaggedCache(batch, self.device)
+        toks = torch.randint(100, self.vocab_size, (batch, context + 1), generator=gen).to(self.device)
+        feats = torch.randn(batch, context + 1, hidden, generator=gen).to(self.device, self.dtype)
+        ones = torch.ones(batch, context, dtype=torch.bool, device=self.device)
+        self._forward(cache, feats[:, :-1], toks[:, :-1], ones)
+        drop = torch.zeros(batch, 1, dtype=torch.bool, device=self.device)
+
+        @torch.no_grad()
+        def run() -> None:
+            self._logits(self._forward(cache, feats[:, -1:], toks[:, -1:], ones[:, :1]))
+            cache.keep_last(drop)
+            cache.trim()
+
+        return run
+
+    # ---- internals --------------------------------------------------------------------------------------
+    def _feed_queue(self) -> torch.Tensor:  # [B, H] prediction at each row's last queued position
+        toks, feats, valid = (torch.cat(parts, dim=1) for parts in zip(*self.queue)) if len(self.queue) > 1 \
+            else self.queue[0]
+        if not bool(valid.any(dim=1).all()):
+            raise RuntimeError("a row has no committed token to feed the head: commit at least one token per row")
+        out = self._forward(self.cache, feats, toks, valid)
+        last = valid.shape[1] - 1 - valid.flip(1).int().argmax(dim=1)  # each row's last valid slot
+        self.queue = []
+        return out[torch.arange(valid.shape[0], device=self.device), last]
+
+    def _forward_nodes(self, tree: TreeBuilder, front: torch.Tensor, feats: torch.Tensor,
+                       root_position: torch.Tensor) -> torch.Tensor:  # [B, K, H]
+        """Feed frontier nodes ``front`` [B, K] (-1: none): each sees the committed slots, the drafted slots of its
+        ancestors and itself, at the position its depth gives."""
+        batch, k = front.shape
+        slots = self.cache.valid.shape[1]
+        attend = torch.ones(batch, k, slots + k, dtype=torch.bool, device=self.device)
+        if self._drafted:
+            drafted = torch.cat(self._drafted, dim=1)  # [B, D] node id of each drafted slot (-1: a hole)
+            anc = tree.ancestors(front)  # [B, K, 1+n]
+            seen = anc.gather(2, drafted.clamp(min=0)[:, None, :].expand(-1, k, -1)) & (drafted >= 0)[:, None, :]
+            attend[:, :, self._start :slots] = seen
+        attend[:, :, slots:] = torch.eye(k, dtype=torch.bool, device=self.device)
+        toks = tree.tokens.gather(1, (front - 1).clamp(min=0))
+        positions = root_position[:, None] + tree.depth.gather(1, (front - 1).clamp(min=0))
+        out = self._forward(self.cache, feats, toks, front >= 0, attend, positions)
+        self._drafted.append(front)
+        return out
+
+    def _forward(self, cache: RaggedCache, feats, toks, valid, attend=None, positions=None) -> torch.Tensor:
+        inputs = cache.model_inputs(toks, valid, attend, positions, dtype=self.dtype)
+        return self.head(
+            feats, self.embed(toks.clamp(min=0)).to(self.dtype), attention_mask=inputs["attention_mask"],
+            position_ids=inputs["position_ids"], cache_position=inputs["cache_position"], use_cache=True,
+            **{CACHE_KWARG: inputs[CACHE_KWARG]},
+        )
+
+    def _logits(self, pred: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., draft_vocab or V] float32
+        if self._int8_logits is not None:
+            return self._int8_logits(pred).float()
+        weight = self.lm_head.weight[: self.draft_vocab]  # a view: the first ids of the target's own head
+        return nn.functional.linear(pred.to(weight.dtype), weight).float()
+
+
+def choose_int8(build, meta: dict, dtype: torch.dtype) -> bool:
+    """Does the head draft faster with int8 weights here? Timed at batch 1 and 8 (torch's int8 weight-only kernel is
+    fast on some CPUs, not on others); once per machine, cached."""
+    from speckv.costs import median_ms
+    from speckv.hardware import cached_choice
+
+    def measure() -> tuple[str, dict]:
+        figures = {}
+        for name, quantized in (("int8", True), ("float", False)):
+            drafter = build(quantized)
+            figures[name] = {b: median_ms(drafter.forward_timer(b, 128), 9, lambda: None) for b in (1, 8)}
+        faster = sum(figures["int8"].values()) < sum(figures["float"].values())
+        return ("int8" if faster else "float"), figures
+
+    key = {"head": meta.get("head_config"), "draft_vocab": meta.get("draft_vocab"), "dtype": str(dtype)}
+    return cached_choice("draft-int8", key, measure)[0] == "int8"

@@ -1,0 +1,128 @@
+"""``learned``: verify the candidates worth their time, by a learned acceptance model and the measured costs.
+
+Read top-down:
+
+* :mod:`.model` — how likely the target is to accept a candidate node given its parent (an MLP over the node's
+  draft signals, its place in the tree, the row's history, the target's compression level);
+* :mod:`.rule` — which candidates a step verifies: a node's value is the chance it lies on the accepted path (the
+  product of acceptances along it), and columns of nodes join while the expected tokens per second still rise;
+* :mod:`.gate` — whether the head drafts at all this step (in a batch, the widest row sets the step's time).
+
+Why not regress the budget directly, as the SpecKV write-up does? Expected tokens per step only grow with the
+budget; what matters is tokens per *second*, and the costs differ by machine, batch size and compression. So the
+MLP learns the part that transfers (acceptance), and the rule does the arithmetic with what the engine measured.
+Without weights (before ``speckv train-policy`` has produced any) a head node's acceptance is its draft
+probability and a lookup node's its row's lookup history; the rule is the same.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speckv.drafters.tree import TreeBuilder
+from speckv.policies.base import Plan, StepContext, keep_top
+from speckv.policies.learned.gate import Gate
+from speckv.policies.learned.model import DEFAULT_PATH, AcceptanceModel, features
+from speckv.policies.learned.rule import choose_width, worth_expanding
+from speckv.proposal import LOOKUP
+
+
+class LearnedPolicy:
+    name = "learned"
+    needs_costs = True
+    #: leave plain decoding only for an expected gain of at least MARGIN·√batch (the gate, and a step's first
+    #: column; at batch 1 later columns need only raise the rate, in a batch each pays the margin too: see .rule):
+    #: plain decoding is the safe side, and the wider the batch the more a drafted step's cost is an estimate.
+    #: Measured, bf16: a flat 0.2 kept batch 4 plain (0.97× fixed γ=4); a flat 0.05 drafted at batch 16, losing
+    #: 5–6 % to plain decoding
+    MARGIN = 0.05
+
+    def __init__(self, model: AcceptanceModel | None, gamma_max: int, depth: int, topk: int = 1) -> None:
+        self.model, self.gamma_max, self.depth, self.topk = model, gamma_max, depth, topk
+        self.gate = Gate()
+        self.margin = self.later = self.MARGIN
+
+    @classmethod
+    def load(cls, path: str | Path | None, gamma_max: int, depth: int, topk: int = 1) -> LearnedPolicy:
+        path = Path(path) if path else DEFAULT_PATH
+        if not path.is_file():
+            if path != DEFAULT_PATH:
+                raise FileNotFoundError(f"learned policy weights not found: {path}")
+            return cls(None, gamma_max, depth, topk)  # the documented fallback (module docstring)
+        return cls(AcceptanceModel.load(path), gamma_max, depth, topk)
+
+    def init_rows(self, n: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def plan(self, ctx: StepContext) -> Plan:
+        n, cap = ctx.batch_size, min(self.gamma_max, ctx.gamma_max)
+        assert ctx.costs is not None, "the learned policy decides on measured costs (needs_costs)"
+        self.margin = self.MARGIN * math.sqrt(n)  # these hold for this step's later decisions too
+        self.later = self.margin if n > 1 else 0.0
+        columns = self.gate.decide(ctx.costs, n, float(ctx.first_accept.sum()), self.margin)
+        nodes = torch.full((n,), 1 if columns == 1 else cap, dtype=torch.long)
+        depth = {0: 0, 1: 1}.get(columns, self.depth)  # plain: no head forward, only free lookup candidates
+        return Plan(nodes=nodes, depth=min(depth, cap), topk=self.topk if columns == -1 else 1)
+
+    def expand(self, ctx: StepContext, tree: TreeBuilder) -> bool:
+        self._score(ctx, tree)
+        costs, n = ctx.costs, ctx.batch_size
+        step, draft = costs.step(n), costs.draft(n)
+        width, expected, took = self._width(ctx, tree, torch.full((n,), self.gamma_max))
+        if width + 1 >= len(step):
+            return False
+        start, end = tree.last
+        new = torch.where(tree.real[:, start:end], tree.value[:, start:end] * tree.accept[:, start:end], 0.0)
+        gain = float(new.max(dim=1).values.sum()) if end > start else 0.0
+        return worth_expanding(gain, expected, took, draft, step[width + 1] - step[width],
+                               self.margin if width == 0 else self.later)
+
+    def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:
+        self._score(ctx, tree)
+        width, _, _ = self._width(ctx, tree, plan.nodes)
+        return keep_top(tree, torch.minimum(plan.nodes, torch.tensor(width)))
+
+    def observe(self, ctx: StepContext, proposal, num_accepted: torch.Tensor) -> None:
+        return None  # the gate keeps its own count; histories live with the rows
+
+    # ---- internals ---------------------------------------------------------------------------------------
+    def _width(self, ctx: StepContext, tree: TreeBuilder, caps: torch.Tensor) -> tuple[int, float, float]:
+        """The rule's width over the nodes so far: (columns, expected tokens, step ms). numpy throughout: this runs
+        after every draft depth."""
+        n, costs = tree.n, ctx.costs
+        value = np.where(tree.real[:, :n].cpu().numpy(), tree.value[:, :n].cpu().numpy(), 0.0)
+        ranked = -np.sort(-value, axis=1)
+        ranked[np.arange(n)[None, :] >= caps.numpy()[:, None]] = 0.0
+        spent = np.array([tree.forwards * costs.draft(ctx.batch_size)])
+        width, expected, took = choose_width(ranked.sum(axis=0)[None], np.array([ctx.batch_size]),
+                                             costs.step(ctx.batch_size), spent, self.margin, self.later)
+        return int(width[0]), float(expected[0]), float(took[0])
+
+    def _score(self, ctx: StepContext, tree: TreeBuilder) -> None:
+        """Acceptance and value of the columns not scored yet."""
+        start, end = tree.scored, tree.n
+        if end == start:
+            return
+        cols = slice(start, end)
+        lookup = tree.source[:, cols] == LOOKUP
+        if self.model is None:
+            accept = torch.where(lookup, ctx.lookup_rate[:, None].to(lookup.device), tree.prob[:, cols])
+        else:
+            b, w = lookup.shape
+
+            def per_node(t):
+                return t[:, cols].reshape(-1).cpu().numpy()
+
+            def per_row(t):
+                return np.repeat(t.cpu().numpy(), w)
+
+            x = features(per_node(tree.prob), per_node(tree.top1), per_node(tree.entropy), per_node(tree.rank),
+                         per_node(tree.depth), per_node(tree.pmin), per_node(tree.source), per_node(tree.match),
+                         per_row(ctx.accept_rate), per_row(ctx.lookup_rate), per_row(ctx.context_len),
+                         self.model.level(ctx.compression))
+            accept = torch.from_numpy(self.model.prob(x).reshape(b, w)).float().to(tree.device)
+        tree.set_accept(start, end, accept)
