@@ -304,7 +304,7 @@ def replay_trees(arr: dict, costs: Costs, batch: int, policy: str, model=None, n
     a better predictor than any real one, for :func:`headroom`-style reports), or ``oracle`` (exactly the true path).
     At ``batch`` 1 every step stands alone; at a larger batch the rows that ran together form one batched step, as
     wide as its widest row. Time per step is :func:`step_ms` (forwards = the deepest kept head node)."""
-    from speckv.policies.learned.rule import choose_width
+    from speckv.policies.learned.rule import choose_width, margins
 
     real, s = arr["real"], len(arr["real"])
     group = arr["group"] if batch > 1 else np.arange(s)
@@ -323,8 +323,7 @@ def replay_trees(arr: dict, costs: Costs, batch: int, policy: str, model=None, n
         drafted = np.zeros(len(rows), int)
         np.maximum.at(drafted, inverse, np.where(real & (arr["source"] == HEAD), arr["depth"], 0).max(axis=1))
         step = np.array([costs.verify(batch, 1 + k) for k in range(ranked.shape[1] + 1)])
-        m = margin * np.sqrt(batch)
-        width, _, _ = choose_width(gains, rows, step, costs.draft(batch) * drafted, m, m if batch > 1 else 0.0)
+        width, _, _ = choose_width(gains, rows, step, costs.draft(batch) * drafted, *margins(margin, batch))
         keep = _top(np.where(real, value, -1.0), width[inverse])
     tokens = (keep & arr["on_path"]).sum(axis=1) + 1
     width = keep.sum(axis=1)

@@ -17,7 +17,6 @@ probability and a lookup node's its row's lookup history; the rule is the same.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from speckv.drafters.tree import TreeBuilder
 from speckv.policies.base import Plan, StepContext, keep_top
 from speckv.policies.learned.gate import Gate
 from speckv.policies.learned.model import DEFAULT_PATH, AcceptanceModel, features
-from speckv.policies.learned.rule import choose_width, worth_expanding
+from speckv.policies.learned.rule import choose_width, margins, worth_expanding
 from speckv.proposal import LOOKUP
 
 
@@ -61,8 +60,7 @@ class LearnedPolicy:
     def plan(self, ctx: StepContext) -> Plan:
         n, cap = ctx.batch_size, min(self.gamma_max, ctx.gamma_max)
         assert ctx.costs is not None, "the learned policy decides on measured costs (needs_costs)"
-        self.margin = self.MARGIN * math.sqrt(n)  # these hold for this step's later decisions too
-        self.later = self.margin if n > 1 else 0.0
+        self.margin, self.later = margins(self.MARGIN, n)  # these hold for this step's later decisions too
         columns = self.gate.decide(ctx.costs, n, float(ctx.first_accept.sum()), self.margin)
         nodes = torch.full((n,), 1 if columns == 1 else cap, dtype=torch.long)
         depth = {0: 0, 1: 1}.get(columns, self.depth)  # plain: no head forward, only free lookup candidates

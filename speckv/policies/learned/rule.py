@@ -28,7 +28,16 @@ same rule over thousands of logged steps at once.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def margins(base: float, batch: int) -> tuple[float, float]:
+    """(m_0, later) for a step of ``batch`` rows: ``base``·√batch to leave plain decoding, and the same for every
+    further column in a batch, none for a row alone."""
+    m = base * math.sqrt(batch)
+    return m, (m if batch > 1 else 0.0)
 
 
 def choose_width(
