@@ -213,8 +213,8 @@ class OnlineCosts:
         self.overhead_per_row = 0.0
         self.steps = 0  # steps observed
         self._warm: set[tuple] = set()  # shapes seen once (batch, tokens, drafted)
-        self._fits: dict[int, tuple[int, np.ndarray]] = {}  # batch -> (steps when fitted, verify ms by tokens 1..)
-        self._tables: dict[int, tuple[int, np.ndarray]] = {}  # batch -> (steps when built, step list)
+        # batch -> (steps when fitted, verify ms for 1, 2, … tokens per row, the step list built from it)
+        self._fits: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else (1 - self.EMA) * old + self.EMA * new
@@ -229,10 +229,9 @@ class OnlineCosts:
         if cell not in self.cells:  # a newly measured cell: refit this batch size now
             self.cells[cell] = [0.0, 0.0]
             self._fits.pop(n, None)
-            self._tables.pop(n, None)
-        mean = self.cells[cell]
-        mean[1] = min(mean[1] + 1, self.WINDOW)
-        mean[0] += (t.verify_ms - mean[0]) / mean[1]
+        stats = self.cells[cell]
+        stats[1] = min(stats[1] + 1, self.WINDOW)
+        stats[0] += (t.verify_ms - stats[0]) / stats[1]
         self.verify_scale = self._ema(self.verify_scale, t.verify_ms / self.calibrated.verify(n, t.tokens))
         if t.draft_forwards:
             per_forward = t.draft_ms / t.draft_forwards
@@ -252,24 +251,21 @@ class OnlineCosts:
         return self.draft_ms.get(batch, self.calibrated.draft(batch) * self.draft_scale)
 
     def verify(self, batch: int, tokens: int) -> float:
-        curve = self._curve(batch)
+        curve = self._fitted(batch)[0]
         if tokens <= len(curve):
             return float(curve[tokens - 1])
         return float(curve[-1] + (curve[-1] - curve[-2]) * (tokens - len(curve)))  # the fitted slope, c
 
     def step(self, batch: int) -> np.ndarray:
-        built, table = self._tables.get(batch, (None, None))
-        if table is None or self.steps - built >= self.REFRESH:
-            table = self._curve(batch)[: self.max_tokens] + self.overhead_per_row * batch
-            self._tables[batch] = (self.steps, table)
-        return table
+        return self._fitted(batch)[1]
 
-    def _curve(self, batch: int) -> np.ndarray:  # [max(max_tokens, 2)] verify ms for 1, 2, … tokens per row
-        built, curve = self._fits.get(batch, (None, None))
+    def _fitted(self, batch: int) -> tuple[np.ndarray, np.ndarray]:  # (verify curve, step list), refreshed together
+        built, curve, table = self._fits.get(batch, (None, None, None))
         if curve is None or self.steps - built >= self.REFRESH:
             curve = self._fit(batch)
-            self._fits[batch] = (self.steps, curve)
-        return curve
+            table = curve[: self.max_tokens] + self.overhead_per_row * batch
+            self._fits[batch] = (self.steps, curve, table)
+        return curve, table
 
     def _fit(self, batch: int) -> np.ndarray:
         tokens = np.arange(1, max(self.max_tokens, 2) + 1)
