@@ -4,21 +4,21 @@
 
 ``METHOD@REV`` runs METHOD with ``speckv/policies/learned/rule.py``, the learned policy's ``expand`` and
 ``speckv/costs.py``'s ``OnlineCosts`` as they were at git revision REV (read with ``git show``); everything else —
-target, head, acceptance model, prompts — is shared. Every prompt runs under every method, the order rotating per
-prompt and pass, so drift on a noisy machine hits all alike; ratios are Σ tokens / Σ seconds over the first method
-with the paired-bootstrap interval over prompts (:mod:`speckv.bench.stats`).
+target, head, acceptance model, prompts — is shared. Every prompt runs under every method back to back, the order
+rotating per prompt and pass (``speckv bench``'s own :func:`~speckv.bench.policies.interleave`), so drift on a
+noisy machine hits all alike; ratios over the first method are the bench's, with the paired-bootstrap interval over
+prompts (:func:`~speckv.bench.policies.paired`).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +50,8 @@ def at_revision(engine, rev: str) -> None:
 
 
 def main() -> int:
-    from speckv.bench.policies import method_config
-    from speckv.bench.stats import fmt_interval, ratio_interval
+    from speckv.bench.policies import engine_runner, interleave, method_config, paired
+    from speckv.bench.stats import fmt_interval
     from speckv.collect import compression_spec
     from speckv.config import EngineConfig, SamplingParams
     from speckv.drafters.eagle import EagleDrafter, default_eagle_path
@@ -85,28 +85,16 @@ def main() -> int:
                                 per_task=args.per_task)
     for e in engines.values():  # warm-up: kernels, first shapes
         e.generate(requests[:2])
-    tokens = {m: [] for m in methods}
-    seconds = {m: [] for m in methods}
-    nodes = {m: [0, 0] for m in methods}
-    for p in range(args.passes):
-        for i, request in enumerate(requests):
-            k = (i + p) % len(methods)
-            for m in methods[k:] + methods[:k]:
-                start = time.perf_counter()
-                out = engines[m].generate([request])[0]
-                seconds[m].append(time.perf_counter() - start)
-                tokens[m].append(len(out.token_ids))
-                nodes[m][0] += sum(s["num_draft_tokens"] for s in out.steps)
-                nodes[m][1] += len(out.steps)
+    runs = interleave({m: engine_runner(e) for m, e in engines.items()}, requests, 1, args.passes, args.level)
     record = machine_record(next(e for e in engines.values() if e.costs is not None))
     print(f"{args.level}: {where(record)}; {len(requests)} prompts × {args.passes} passes, "
           f"{args.max_new_tokens} tokens")
     base = methods[0]
     for m in methods:
-        r = ratio_interval(np.array(tokens[m], float), np.array(seconds[m]), np.array(tokens[base], float),
-                           np.array(seconds[base]))
-        print(f"  {m:18s} {sum(tokens[m]) / sum(seconds[m]):6.1f} tok/s   × {base}: {fmt_interval(*r):18s}"
-              f" nodes/step {nodes[m][0] / max(nodes[m][1], 1):.2f}")
+        tok_s = sum(r["tokens"] for r in runs[m]) / sum(r["wall"] for r in runs[m])
+        nodes = statistics.median(r["mean_nodes"] for r in runs[m])
+        print(f"  {m:18s} {tok_s:6.1f} tok/s   × {base}: {fmt_interval(*paired(runs[m], runs[base], 1)):18s}"
+              f" nodes/step {nodes:.2f}")
     return 0
 
 

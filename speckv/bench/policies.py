@@ -180,8 +180,6 @@ def run(args: argparse.Namespace) -> int:
 def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list[tuple[int, int]]):
     """One compression level: its target and drafters loaded once, every method at every (batch, repeats) of
     ``plan``, interleaved; returns its table rows and the machine record."""
-    from tqdm import tqdm
-
     from speckv.collect import compression_spec
     from speckv.drafters import Drafters
     from speckv.drafters.draft_lm import DraftLM, draft_lm_dir
@@ -213,27 +211,34 @@ def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list
         if not args.no_hf and assistant is not None and batch == 1:
             runners["hf_generate"] = hf_runner(target, tokenizer)
             runners["hf_assisted"] = hf_runner(target, tokenizer, assistant)
-        runs: dict[str, list[dict]] = defaultdict(list)
-        names = list(runners)
-        # batch 1: every prompt under every method back to back, so the paired interval over prompts sees drift
-        # hit both sides alike; a batch: the methods take turns over the whole prompt set. The order rotates
-        # (per prompt and repeat) so that no method is always first.
-        units = [[r] for r in requests] if batch == 1 else [requests]
-        with tqdm(total=batch_repeats * len(names) * len(units), desc=f"bench {level} batch {batch}",
-                  unit="run") as bar:
-            for rep in range(batch_repeats):
-                parts = defaultdict(list)
-                for i, unit in enumerate(units):
-                    k = (rep + i) % len(names)
-                    for name in names[k:] + names[:k]:
-                        parts[name].append(runners[name][0](unit))
-                        bar.update(1)
-                for name in names:
-                    runs[name].append(runners[name][1](parts[name]))
+        runs = interleave(runners, requests, batch, batch_repeats, f"bench {level} batch {batch}")
         measured = next((e for e in engines.values() if e.costs is not None), None)
         record = machine_record(measured or next(iter(engines.values())))
         rows += summarize_level(level, batch, runs, configs, measured, args.baseline)
     return rows, record
+
+
+def interleave(runners: dict, requests, batch: int, repeats: int, desc: str) -> dict[str, list[dict]]:
+    """Every runner (``(run, summarize)``, as :func:`engine_runner` makes) over ``requests``, ``repeats`` times: one
+    summary per runner per repeat. At batch 1 every prompt runs under every method back to back, so the paired
+    interval over prompts sees drift hit both sides alike; in a batch the methods take turns over the whole prompt
+    set. The order rotates (per prompt and repeat) so that no method is always first."""
+    from tqdm import tqdm
+
+    names = list(runners)
+    units = [[r] for r in requests] if batch == 1 else [requests]
+    runs: dict[str, list[dict]] = defaultdict(list)
+    with tqdm(total=repeats * len(names) * len(units), desc=desc, unit="run") as bar:
+        for rep in range(repeats):
+            parts = defaultdict(list)
+            for i, unit in enumerate(units):
+                k = (rep + i) % len(names)
+                for name in names[k:] + names[:k]:
+                    parts[name].append(runners[name][0](unit))
+                    bar.update(1)
+            for name in names:
+                runs[name].append(runners[name][1](parts[name]))
+    return runs
 
 
 def summarize_level(level, batch, runs, configs, engine, baseline) -> list[dict]:
