@@ -57,8 +57,9 @@ class DraftSpec(_Strict):
     source: str = Field(EMBEDDED, description="draft weights: hub id, local dir, GGUF, or 'embedded'")
     dtype: Dtype | None = Field(None, description="defaults to the target's dtype")
     int8_weights: bool | None = Field(None, description="on CPU, the EAGLE head reads int8 weights (its layer and its "
-                                      "LM-head slice, per-row scales; verification is unchanged); None: where it "
-                                      "drafts faster here, measured once per machine")
+                                      "LM-head slice, per-row scales; verification is unchanged); None: in the "
+                                      "forwards of as few rows as int8 is faster at here (drafting, not a prompt "
+                                      "joining), measured once per machine")
     lookup: bool = Field(True, description="add prompt-lookup candidates (longest suffix match in the row's prompt "
                          "and output) to the head's; the policy decides how many to verify")
     lookup_max_ngram: int = Field(4, ge=1, le=16, description="lookup: longest suffix matched")

@@ -25,7 +25,7 @@ def machine_record(engine) -> dict:
         "dtype_requested": engine.config.target.dtype,
         "compression": engine.target_spec.compression,
         "drafter": getattr(engine.drafter, "kind", "none"),
-        "int8_draft": bool(getattr(engine.drafter, "int8_weights", False)),
+        "int8_draft_rows": getattr(engine.drafter, "int8_rows", 0),  # draft forwards up to this many rows use int8
         "batch_size": engine.config.max_batch_size,
     }
     if engine.device.type == "cuda":

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from speckv.drafters.base import Drafter
 from speckv.drafters.eagle import EagleDrafter, EagleHead, head_config
+from speckv.drafters.int8 import ALL_ROWS
 from speckv.drafters.tree import TreeBuilder
 from speckv.proposal import Plan
 
@@ -31,7 +32,8 @@ def head(target) -> EagleHead:
 
 
 def make(head, target, draft_vocab=None, int8_weights=False) -> EagleDrafter:
-    return EagleDrafter(head, target, torch.device("cpu"), draft_vocab=draft_vocab, int8_weights=int8_weights)
+    return EagleDrafter(head, target, torch.device("cpu"), draft_vocab=draft_vocab,
+                        int8_rows=ALL_ROWS if int8_weights else 0)
 
 
 def features(target, ids: list[int]) -> torch.Tensor:  # [len, H] target feature at every position
@@ -187,6 +189,18 @@ def test_int8_linear_multiplies_by_its_rounded_weight():
     assert ((q.dequantized() - w).abs() <= step / 2 + 1e-7).all()
     x = torch.randn(3, 5, 64)
     torch.testing.assert_close(q(x), torch.nn.functional.linear(x, q.dequantized(), linear.bias))
+
+
+def test_int8_linear_uses_the_float_weight_above_its_row_limit():
+    from speckv.drafters.int8 import Int8Linear
+
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(64, 48)
+    q = Int8Linear.of(linear, max_rows=4)
+    few, many = torch.randn(2, 2, 64), torch.randn(1, 5, 64)  # 4 rows: int8; 5 rows: the float weight
+    torch.testing.assert_close(q(few), torch.nn.functional.linear(few, q.dequantized(), linear.bias))
+    assert torch.equal(q(many), linear(many))
+    assert not torch.equal(q(many), torch.nn.functional.linear(many, q.dequantized(), linear.bias))
 
 
 def test_int8_drafter_stays_close_to_full_precision(head, target):

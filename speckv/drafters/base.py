@@ -98,5 +98,5 @@ class Drafters:
         return timers[0] if timers else None
 
     @property
-    def int8_weights(self) -> bool:
-        return any(getattr(p, "int8_weights", False) for p in self.parts)
+    def int8_rows(self) -> int:
+        return max(getattr(p, "int8_rows", 0) for p in self.parts)

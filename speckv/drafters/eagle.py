@@ -90,7 +90,7 @@ class EagleDrafter:
     kind = "eagle"
 
     def __init__(self, head: EagleHead, target_model: nn.Module, device: torch.device,
-                 draft_vocab: int | None = None, metadata: dict | None = None, int8_weights: bool = False) -> None:
+                 draft_vocab: int | None = None, metadata: dict | None = None, int8_rows: int = 0) -> None:
         self.head = head.to(device).eval().requires_grad_(False)
         self.embed = target_model.get_input_embeddings()
         self.lm_head = target_model.get_output_embeddings()
@@ -100,14 +100,17 @@ class EagleDrafter:
         self.device = device
         self.metadata = metadata or {}
         self.dtype = next(self.head.parameters()).dtype
-        # on CPU the head's layer and its LM-head slice can read int8 weights (see speckv.drafters.int8); the
-        # target's own LM head stays as it is, the head reads a quantized copy of its first rows
-        self.int8_weights = bool(int8_weights) and int8.available(device) and self.lm_head.weight.dtype.is_floating_point
+        # on CPU the head's layer and its LM-head slice can read int8 weights in forwards of up to int8_rows rows
+        # (see speckv.drafters.int8); the target's own LM head stays as it is, the head reads a quantized copy of its
+        # first rows
+        usable = int8.available(device) and self.lm_head.weight.dtype.is_floating_point
+        self.int8_rows = int8_rows if usable else 0
         self._int8_logits: int8.Int8Linear | None = None
-        if self.int8_weights:
+        if self.int8_rows:
             self.head = copy.deepcopy(self.head)  # quantized in place: never alter the caller's module
-            int8.quantize_linears(self.head)
-            self._int8_logits = int8.Int8Linear(self.lm_head.weight[: self.draft_vocab], None, self.dtype)
+            int8.quantize_linears(self.head, self.int8_rows)
+            self._int8_logits = int8.Int8Linear(self.lm_head.weight[: self.draft_vocab], None, self.dtype,
+                                                self.int8_rows)
         self.cache = RaggedCache(0, device)
         # committed positions not yet fed, as whole-batch chunks (tokens [B, w], features [B, w, H], valid [B, w]):
         # feature f_t with the token x_{t+1} after it; the last one of each row is its root's
@@ -118,7 +121,8 @@ class EagleDrafter:
     @classmethod
     def load(cls, path: str | Path, target_model: nn.Module, device: torch.device,
              int8_weights: bool | None = None) -> EagleDrafter:
-        """``int8_weights=None``: int8 where it drafts faster on this machine (measured once, cached)."""
+        """``int8_weights``: True, int8 in every draft forward; False, never; None: in forwards of as many rows as it
+        is faster for on this machine (measured once, cached)."""
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
         head = EagleHead(meta["head_config"])
@@ -129,13 +133,15 @@ class EagleDrafter:
             dtype = torch.bfloat16
         head.to(dtype)
 
-        def build(quantized: bool) -> EagleDrafter:
+        def build(int8_rows: int) -> EagleDrafter:
             return cls(head, target_model, device, draft_vocab=meta.get("draft_vocab"), metadata=meta,
-                       int8_weights=quantized)
+                       int8_rows=int8_rows)
 
         if int8_weights is None:
-            int8_weights = int8.available(device) and choose_int8(build, meta, dtype)
-        return build(int8_weights)
+            rows = choose_int8_rows(build, meta, dtype) if int8.available(device) else 0
+        else:
+            rows = int8.ALL_ROWS if int8_weights else 0
+        return build(rows)
 
     @staticmethod
     def save(head: EagleHead, path: str | Path, metadata: dict, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -215,7 +221,11 @@ class EagleDrafter:
         self.queue = [tuple(t[keep] for t in chunk) for chunk in self.queue]
 
     def describe(self) -> list:
-        return [self.kind, sum(p.numel() for p in self.head.parameters()), self.vocab_size, self.int8_weights]
+        return [self.kind, sum(p.numel() for p in self.head.parameters()), self.vocab_size, self.int8_rows]
+
+    @property
+    def int8_weights(self) -> bool:
+        return self.int8_rows > 0
 
     def forward_timer(self, batch: int, context: int):
         """One drafted token per row over a ``context``-slot cache of its own (the live batch is not touched)."""
@@ -281,19 +291,29 @@ class EagleDrafter:
         return nn.functional.linear(pred.to(weight.dtype), weight).float()
 
 
-def choose_int8(build, meta: dict, dtype: torch.dtype) -> bool:
-    """Does the head draft faster with int8 weights here? Timed at batch 1 and 8 (torch's int8 weight-only kernel is
-    fast on some CPUs, not on others); once per machine, cached."""
+#: the row counts :func:`choose_int8_rows` times
+ROW_GRID = (1, 2, 4, 8, 16, 32, 64)
+
+
+def choose_int8_rows(build, meta: dict, dtype: torch.dtype) -> int:
+    """Up to how many rows a draft forward is faster with int8 weights here (0: never): one drafted token per row,
+    timed at 1, 2, 4, … 64 rows with int8 and float weights; the answer is the largest count of an unbroken run
+    from 1 where int8 wins. Torch's int8 weight-only kernel wins at few rows on some CPUs, not on others, and loses
+    at many (module doc of :mod:`speckv.drafters.int8`); once per machine, cached."""
     from speckv.costs import median_ms
     from speckv.hardware import cached_choice
 
     def measure() -> tuple[str, dict]:
         figures = {}
-        for name, quantized in (("int8", True), ("float", False)):
-            drafter = build(quantized)
-            figures[name] = {b: median_ms(drafter.forward_timer(b, 128), 9, lambda: None) for b in (1, 8)}
-        faster = sum(figures["int8"].values()) < sum(figures["float"].values())
-        return ("int8" if faster else "float"), figures
+        for name, rows in (("int8", int8.ALL_ROWS), ("float", 0)):
+            drafter = build(rows)
+            figures[name] = {b: median_ms(drafter.forward_timer(b, 128), 9, lambda: None) for b in ROW_GRID}
+        best = 0
+        for b in ROW_GRID:
+            if figures["int8"][b] >= figures["float"][b]:
+                break
+            best = b
+        return str(best), figures
 
     key = {"head": meta.get("head_config"), "draft_vocab": meta.get("draft_vocab"), "dtype": str(dtype)}
-    return cached_choice("draft-int8", key, measure)[0] == "int8"
+    return int(cached_choice("draft-int8-rows", key, measure)[0])
