@@ -70,6 +70,22 @@ def test_lookup_chain_merges_into_the_tree_and_siblings_stay_distinct():
     assert proposal.source[1].tolist() == [0, 0, LOOKUP, LOOKUP] and proposal.match[1].tolist() == [0, 0, 2, 2]
 
 
+def test_lookup_chain_into_an_empty_tree_is_the_merging_path_in_one_go():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        batch, m = 4, 6
+        tokens = torch.randint(0, 10, (batch, m), generator=gen)
+        length, match = torch.randint(0, m + 1, (batch,), generator=gen), torch.randint(1, 5, (batch,), generator=gen)
+        depth_cap = torch.randint(0, m + 2, (batch,), generator=gen)
+        fast, merged = (TreeBuilder(batch, depth_cap=depth_cap, device=CPU) for _ in range(2))
+        fast.add_chain(tokens, length, match)  # an empty tree takes the vectorised path
+        merged._reserve(m)
+        merged._merge_chain(tokens, length, match)
+        assert (fast.n, fast.last) == (merged.n, merged.last)
+        for name in TreeBuilder._LONG + TreeBuilder._FLOAT + ("real", "_anc"):
+            assert torch.equal(getattr(fast, name), getattr(merged, name)), name
+
+
 def test_keep_top_holds_every_kept_nodes_ancestors():
     tree = builder(batch=1, depth=3)
     tree.add_children(torch.zeros(1, 1, dtype=torch.long), one_hot_logits([[2]]), topk=3)

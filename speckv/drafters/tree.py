@@ -122,8 +122,14 @@ class TreeBuilder:
         """A lookup continuation per row (``tokens`` [B, M], ``length`` [B] real ones, ``match`` [B] suffix-match
         length), hung from the root: where its tokens follow nodes already in the tree it merges into them and only
         the rest becomes new point-mass nodes (siblings stay distinct)."""
+        self._reserve(tokens.shape[1])
+        if self.n == 0:  # nothing to merge into (the head did not draft): the same nodes, in one go
+            self._add_fresh_chain(tokens, length, match)
+        else:
+            self._merge_chain(tokens, length, match)
+
+    def _merge_chain(self, tokens: torch.Tensor, length: torch.Tensor, match: torch.Tensor) -> None:
         batch, m = tokens.shape
-        self._reserve(m)
         start = self.n
         node = torch.zeros(batch, dtype=torch.long, device=self.device)  # where the continuation has got to
         fresh = torch.zeros(batch, dtype=torch.bool, device=self.device)  # it left the existing tree
@@ -150,6 +156,26 @@ class TreeBuilder:
             node = torch.where(live & existing, children.float().argmax(dim=1), torch.where(new, col + 1, node))
             fresh |= new
         self.last = (start, self.n)
+
+    def _add_fresh_chain(self, tokens: torch.Tensor, length: torch.Tensor, match: torch.Tensor) -> None:
+        """:meth:`add_chain` into an empty tree: column i holds token i, its parent the column before it (the root
+        for the first); columns past a row's length or depth cap hang, unreal, from its last real node."""
+        batch, m = tokens.shape
+        i = torch.arange(m, device=self.device)
+        real = (i[None, :] < length.to(self.device)[:, None]) & (i[None, :] < self.depth_cap[:, None])  # a prefix
+        last = real.sum(dim=1, keepdim=True)  # [B, 1] real nodes: the ids 1..last
+        parent = torch.minimum(i[None, :], last)  # node id i is column i-1; past the real ones, the last real node
+        self.tokens[:, :m], self.parents[:, :m] = tokens.to(self.device), parent
+        self.depth[:, :m] = i + 1
+        self.source[:, :m], self.match[:, :m] = LOOKUP, match.to(self.device)[:, None]
+        self.prob[:, :m], self.pmin[:, :m] = 1.0, 1.0  # lookup ancestors only: no draft probability below 1
+        self.logq[:, :m] = (i + 1).double() * math.log(LOOKUP_PRIOR)
+        self.real[:, :m] = real
+        # ancestor-or-self: the root, and the chain's nodes up to each one's parent, and itself
+        upto = (i[None, :] < parent[:, :, None]) | torch.eye(m, dtype=torch.bool, device=self.device)  # [B, m, m]
+        self._anc[:, 1 : m + 1, 0] = True
+        self._anc[:, 1 : m + 1, 1 : m + 1] = upto
+        self.n, self.last = m, (0, m)
 
     # ---- reading -----------------------------------------------------------------------------------------
     def frontier(self, k: int) -> torch.Tensor:  # [B, k] node ids of the latest nodes worth expanding (-1: none)
