@@ -111,16 +111,12 @@ class LearnedPolicy:
             accept = torch.where(lookup, ctx.lookup_rate[:, None].to(lookup.device), tree.prob[:, cols])
         else:
             b, w = lookup.shape
-
-            def per_node(t):
-                return t[:, cols].reshape(-1).cpu().numpy()
-
-            def per_row(t):
-                return np.repeat(t.cpu().numpy(), w)
-
-            x = features(per_node(tree.prob), per_node(tree.top1), per_node(tree.entropy), per_node(tree.rank),
-                         per_node(tree.depth), per_node(tree.pmin), per_node(tree.source), per_node(tree.match),
-                         per_row(ctx.accept_rate), per_row(ctx.lookup_rate), per_row(ctx.context_len),
-                         self.model.level(ctx.compression))
+            # one copy to numpy for all node signals and one for the row's: this runs after every draft depth
+            node = torch.stack([t[:, cols].float() for t in (tree.prob, tree.top1, tree.entropy, tree.rank, tree.depth,
+                                                              tree.pmin, tree.source, tree.match)], dim=-1)
+            node = node.reshape(b * w, -1).cpu().numpy()
+            row = torch.stack([ctx.accept_rate.float(), ctx.lookup_rate.float(), ctx.context_len.float()], dim=-1)
+            row = np.repeat(row.cpu().numpy(), w, axis=0)
+            x = features(*node.T, *row.T, self.model.level(ctx.compression))
             accept = torch.from_numpy(self.model.prob(x).reshape(b, w)).float().to(tree.device)
         tree.set_accept(start, end, accept)
