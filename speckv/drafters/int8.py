@@ -7,10 +7,10 @@ Stored as int8 with one scale per output row they are half that, and torch's int
 directly. Only the draft changes: verification against the target is untouched, so the output is too.
 
 That kernel is a matrix-*vector* kernel at heart: measured here (AMD EPYC, AVX512 with native bf16, 2 threads) it
-is 2–10× faster than bf16 at 1 row, about even at 8 (0.7–1.3×), and 2.6–3.9× *slower* from 64 rows on, where the float kernel's
-blocking pays. The head's big forwards (a prompt joining, the backlog fed after plain steps) have hundreds of rows,
-its drafting forwards a few. So a layer keeps its float weight beside the int8 copy (shared, not copied) and
-multiplies with int8 only up to ``max_rows`` rows: the crossover, measured per machine
+is 2–10× faster than bf16 at 1 row, about even at 8 (0.7–1.3×), and 2.6–3.9× *slower* from 64 rows on, where the
+float kernel's blocking pays. The head's big forwards (a prompt joining, the backlog fed after plain steps) have
+hundreds of rows, its drafting forwards a few. So a layer keeps its float weight beside the int8 copy (shared, not
+copied) and multiplies with int8 only up to ``max_rows`` rows: the crossover, measured per machine
 (:func:`speckv.drafters.eagle.choose_int8_rows`).
 """
 
