@@ -160,7 +160,7 @@ class TreeBuilder:
     def _add_fresh_chain(self, tokens: torch.Tensor, length: torch.Tensor, match: torch.Tensor) -> None:
         """:meth:`add_chain` into an empty tree: column i holds token i, its parent the column before it (the root
         for the first); columns past a row's length or depth cap hang, unreal, from its last real node."""
-        batch, m = tokens.shape
+        m = tokens.shape[1]
         i = torch.arange(m, device=self.device)
         real = (i[None, :] < length.to(self.device)[:, None]) & (i[None, :] < self.depth_cap[:, None])  # a prefix
         last = real.sum(dim=1, keepdim=True)  # [B, 1] real nodes: the ids 1..last
