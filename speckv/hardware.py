@@ -3,10 +3,10 @@
 Machines of the same size differ: on an AMD EPYC with AVX-512-bf16 a bf16 target verifies 9 tokens in 1.1× the
 time of one; on one with AVX2 only, torch's bf16 matrix multiply runs at 1.2 GFLOPS against 69 in fp32 and a 5-token
 verify costs 2.6× one. So ``dtype='auto'`` does not read CPU flags: it times the target's own forwards in each
-candidate dtype — plain decoding (1 token per row) and a 5-token verify, at batch 1 and at the engine's batch size —
-and keeps the dtype with the best throughput, each shape taken at the better of plain decoding and speculation
-(:func:`dtype_score`). The choice, with the measured times, is cached per (model, CPU, threads, torch) under
-``cache_dir()/hardware`` and logged. On CUDA, ``auto`` is bf16 where the device supports it, else fp16.
+candidate dtype — a prompt's prefill, plain decoding (1 token per row) and a 5-token verify, at batch 1 and at the
+engine's batch size — and keeps the dtype that serves a request of a typical shape fastest (:func:`dtype_score`).
+The choice, with the measured times, is cached per (model, CPU, threads, torch) under ``cache_dir()/hardware`` and
+logged. On CUDA, ``auto`` is bf16 where the device supports it, else fp16.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ CANDIDATE_DTYPES = ("fp32", "bf16")
 #: speculative step is worth when the dtype choice weighs plain decoding against speculation
 SPEC_TOKENS = 2.3
 SHAPE_TOKENS = 5
+#: the request :func:`dtype_score` prices: about the job's (its prompts average 121 tokens with the chat template,
+#: and it asks for 64 new tokens). The prefill matters where a dtype is fast one token at a time and slow in bulk:
+#: bf16 on an AVX2-only CPU decodes one token faster than fp32 and prefills 128 several times slower
+PROMPT_TOKENS, NEW_TOKENS = 128, 64
 
 
 def cpu_capability() -> str:
@@ -56,12 +60,14 @@ def cpu_name() -> str:
 
 
 def dtype_score(ms: dict[str, float], batch: int) -> float:
-    """Tokens per ms over batch 1 and ``batch`` (geometric mean), each at the better of a plain step and a verify
-    step of SHAPE_TOKENS tokens that commits SPEC_TOKENS; ``ms`` holds '<batch>x<tokens>' forward times."""
-    rates = []
+    """Generated tokens per ms for requests of PROMPT_TOKENS prompt and NEW_TOKENS new tokens, over batch 1 and
+    ``batch`` (geometric mean): a request pays its prefill, then each new token its share of a batch step, at the
+    better of a plain step and a verify step of SHAPE_TOKENS tokens that commits SPEC_TOKENS. ``ms`` holds
+    '<batch>x<tokens>' forward times ('1x<PROMPT_TOKENS>': the prefill)."""
+    prefill, rates = ms[f"1x{PROMPT_TOKENS}"], []
     for b in sorted({1, batch}):
-        plain, spec = ms[f"{b}x1"], ms[f"{b}x{SHAPE_TOKENS}"]
-        rates.append(max(b / plain, b * SPEC_TOKENS / spec))
+        per_token = min(ms[f"{b}x1"] / b, ms[f"{b}x{SHAPE_TOKENS}"] / (b * SPEC_TOKENS))
+        rates.append(NEW_TOKENS / (prefill + NEW_TOKENS * per_token))
     return math.exp(sum(math.log(r) for r in rates) / len(rates))
 
 
@@ -85,8 +91,10 @@ def cached_choice(name: str, key: dict, measure: Callable[[], tuple[str, dict]])
 
 
 @torch.inference_mode()
-def time_target_forward(model, batch: int, tokens: int, context: int = 100, repeats: int = 5) -> float:
-    """Median ms of one forward of ``batch`` rows × ``tokens`` new tokens over a ``context``-token KV cache."""
+def time_target_forward(model, batch: int, tokens: int, context: int = 100, repeats: int = 5,
+                        keep: int | None = None) -> float:
+    """Median ms of one forward of ``batch`` rows × ``tokens`` new tokens over a ``context``-token KV cache, with
+    logits for the last ``keep`` of them (default: all, as a verify step needs; a prefill needs one)."""
     from speckv.costs import median_ms
     from speckv.kvcache import RaggedCache
 
@@ -96,11 +104,11 @@ def time_target_forward(model, batch: int, tokens: int, context: int = 100, repe
     cache = RaggedCache(batch, device)
     model(**cache.model_inputs(prompt, torch.ones_like(prompt, dtype=torch.bool)), logits_to_keep=1)
     ids = torch.randint(100, model.config.vocab_size, (batch, tokens), generator=gen).to(device)
-    keep = torch.zeros(batch, tokens, dtype=torch.bool, device=device)
+    drop = torch.zeros(batch, tokens, dtype=torch.bool, device=device)
 
     def forward() -> None:
-        model(**cache.model_inputs(ids, torch.ones_like(ids, dtype=torch.bool)), logits_to_keep=tokens)
-        cache.keep_last(keep)
+        model(**cache.model_inputs(ids, torch.ones_like(ids, dtype=torch.bool)), logits_to_keep=keep or tokens)
+        cache.keep_last(drop)
         cache.trim()
 
     return median_ms(forward, repeats, lambda: None)
@@ -120,6 +128,7 @@ def choose_dtype(spec, batch: int, load: Callable[[str], torch.nn.Module]) -> tu
         for dtype in CANDIDATE_DTYPES:
             model = load(dtype)
             figures[dtype] = {f"{b}x{t}": time_target_forward(model, b, t) for b, t in shapes}
+            figures[dtype][f"1x{PROMPT_TOKENS}"] = time_target_forward(model, 1, PROMPT_TOKENS, repeats=3, keep=1)
             del model
         scores = {d: dtype_score(ms, batch) for d, ms in figures.items()}
         choice = max(scores, key=scores.get)
@@ -127,4 +136,5 @@ def choose_dtype(spec, batch: int, load: Callable[[str], torch.nn.Module]) -> tu
                     cpu_capability(), json.dumps(figures))
         return choice, {"ms": figures, "score": scores}
 
-    return cached_choice("dtype", {"target": spec.model_dump(exclude={"dtype"}), "batch": batch}, measure)
+    key = {"target": spec.model_dump(exclude={"dtype"}), "batch": batch, "request": [PROMPT_TOKENS, NEW_TOKENS]}
+    return cached_choice("dtype", key, measure)
