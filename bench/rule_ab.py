@@ -2,7 +2,7 @@
 
     python bench/rule_ab.py --level int8 --methods learned@ff07d0c,learned,tree5x4n8,fixed4 --per-task 6 --passes 2
 
-``METHOD@REV`` runs METHOD with ``speckv/policies/learned/rule.py``, the learned policy's ``expand`` and
+``METHOD@REV`` runs METHOD with ``speckv/policies/learned/rule.py``, the learned policy's methods and
 ``speckv/costs.py``'s ``OnlineCosts`` as they were at git revision REV (read with ``git show``); everything else —
 target, head, acceptance model, prompts — is shared. Every prompt runs under every method back to back, the order
 rotating per prompt and pass (``speckv bench``'s own :func:`~speckv.bench.policies.interleave`), so drift on a
@@ -35,7 +35,7 @@ def module_at(rev: str, path: str, name: str) -> types.ModuleType:
 
 
 def at_revision(engine, rev: str) -> None:
-    """Give ``engine`` the learned rule, expand and online costs of ``rev``."""
+    """Give ``engine`` the learned rule, policy methods and online costs of ``rev``."""
     from speckv.policies import learned
 
     rule = module_at(rev, "speckv/policies/learned/rule.py", f"rule_{rev}")
@@ -44,8 +44,7 @@ def at_revision(engine, rev: str) -> None:
     old.choose_width, old.worth_expanding = rule.choose_width, rule.worth_expanding
     policy = engine.policy
     assert isinstance(policy, learned.LearnedPolicy), "METHOD@REV is for the learned policy"
-    policy.expand = types.MethodType(old.LearnedPolicy.expand, policy)
-    policy._width = types.MethodType(old.LearnedPolicy._width, policy)
+    policy.__class__ = old.LearnedPolicy  # its methods, this policy's state
     engine.costs = costs.OnlineCosts(engine.costs.calibrated, engine.costs.max_tokens)
 
 
