@@ -121,20 +121,17 @@ def resolve_source(source: str, gguf_file: str | None = None) -> Path | str:
     return source  # a hub id: from_pretrained resolves it from the local HF cache (or the network, if allowed)
 
 
-class _OncePerMessage(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
+class _FirstThenQuiet(logging.Filter):
+    """Lets a logger's first warning through, then raises the logger to ERROR: later calls stop at its level check
+    instead of building a record for a filter to drop (bitsandbytes' int8 cast warning fires on every int8 matmul,
+    and building those records cost 3.5 % of an int8 batch-8 step)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = str(record.msg)
-        if key in self.seen:
-            return False
-        self.seen.add(key)
+        logging.getLogger(record.name).setLevel(logging.ERROR)
         return True
 
 
-_ONCE = _OncePerMessage()
+_FIRST_THEN_QUIET = _FirstThenQuiet()
 
 
 def quantization_config(spec: ModelSpec):
@@ -144,7 +141,7 @@ def quantization_config(spec: ModelSpec):
 
     if spec.quantization == "int8":
         # bitsandbytes logs a cast warning on every int8 matmul of every forward; once per process is plenty
-        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_ONCE)
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_FIRST_THEN_QUIET)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
