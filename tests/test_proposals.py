@@ -135,3 +135,30 @@ def test_rule_adds_a_column_only_while_tokens_per_second_rise():
     # in a batch the column's value is summed over its rows against all their tokens
     assert choose_width(np.array([[0.3, 0.2]]), np.array([4]), step, np.array([0.0]), 0.0)[0].tolist() == [0]
     assert worth_expanding(0.5, 1.9, 110.0, 2.0, 10.0, 0.0) and not worth_expanding(0.05, 1.9, 110.0, 2.0, 10.0, 0.0)
+
+
+def test_learned_cut_skips_scoring_free_candidates_that_could_not_pay_even_if_all_accepted():
+    """Batch 8, verifying 2 tokens costs 1.3× one: a lookup column needs G_0·T0 > B·(T1 − T0) + m·B·T1, more than 3
+    surely-accepted rows' worth; two rows' matches cannot pay whatever their acceptance, so nothing is scored."""
+    from speckv.costs import CostModel, OnlineCosts
+    from speckv.policies.base import StepContext
+    from speckv.policies.learned import LearnedPolicy
+
+    costs = OnlineCosts(CostModel([1, 8], [1, 2, 5], [[20, 22, 25], [100, 130, 150]], [1, 5]), max_tokens=6)
+    policy = LearnedPolicy(None, gamma_max=4, depth=4)  # no weights: a lookup node's acceptance is lookup_rate
+
+    def cut(rows_matched: int) -> tuple[torch.Tensor, TreeBuilder]:
+        b = 8
+        ctx = StepContext(batch_size=b, context_len=torch.full((b,), 50), num_generated=torch.zeros(b, dtype=torch.long),
+                          max_new_tokens=torch.full((b,), 64), accept_rate=torch.zeros(b), lookup_rate=torch.ones(b),
+                          first_accept=torch.zeros(b), compression="bf16", costs=costs, gamma_max=4, greedy=True)
+        plan = policy.plan(ctx)
+        tree = TreeBuilder(b, depth_cap=torch.full((b,), 4), device=CPU)
+        length = torch.tensor([3] * rows_matched + [0] * (b - rows_matched))
+        tree.add_chain(torch.full((b, 3), 7), length, torch.full((b,), 3))
+        return policy.cut(ctx, tree, plan), tree
+
+    keep, tree = cut(2)
+    assert not keep.any() and tree.scored == 0  # bound: G_0 ≤ 2 rows, short of what one column needs
+    keep, tree = cut(8)  # eight rows sure of their matches: worth a column or more, so they are scored and kept
+    assert tree.scored == tree.n and keep.any(dim=1).all()

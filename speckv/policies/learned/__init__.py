@@ -80,6 +80,8 @@ class LearnedPolicy:
                                self.margin if width == 0 else self.later)
 
     def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:
+        if tree.forwards == 0 and not self._could_pay(ctx, tree, plan.nodes):
+            return torch.zeros(tree.batch, tree.n, dtype=torch.bool, device=tree.device)
         self._score(ctx, tree)
         width, _, _ = self._width(ctx, tree, plan.nodes)
         return keep_top(tree, torch.minimum(plan.nodes, torch.tensor(width)))
@@ -99,6 +101,16 @@ class LearnedPolicy:
         width, expected, took = choose_width(ranked.sum(axis=0)[None], np.array([ctx.batch_size]),
                                              costs.step(ctx.batch_size), spent, self.margin, self.later)
         return int(width[0]), float(expected[0]), float(took[0])
+
+    def _could_pay(self, ctx: StepContext, tree: TreeBuilder, caps: torch.Tensor) -> bool:
+        """Whether any column of free (lookup) candidates could pay even if every one were surely accepted: a
+        node's value is at most 1, so G_k is at most the rows with more than k nodes. Most plain steps of a batch
+        where verify is dear end here, without scoring a node."""
+        count = torch.minimum(tree.real[:, : tree.n].sum(dim=1).cpu(), caps)  # [B]
+        bound = (count[:, None] > torch.arange(tree.n)[None, :]).sum(dim=0).double().numpy()[None]  # [1, n]
+        width, _, _ = choose_width(bound, np.array([ctx.batch_size]), ctx.costs.step(ctx.batch_size), np.zeros(1),
+                                   self.margin, self.later)
+        return bool(width[0] > 0)
 
     def _score(self, ctx: StepContext, tree: TreeBuilder) -> None:
         """Acceptance and value of the columns not scored yet."""
