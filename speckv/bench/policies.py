@@ -333,8 +333,10 @@ def write_outputs(table: list[dict], args, n_prompts: int, machines: dict) -> No
     lines += ["", "`x_…`: tokens/s over that method's, with the paired-bootstrap 95 % interval (batch 1: over prompts; "
               "larger batches: over repeats); `x_best_fixed`: over the fastest fixed chain or tree of the same run, "
               "picked after the fact (which favours it). `same_as_plain`: share of prompts whose greedy output equals plain "
-              "decoding's (`hf_generate`, else `ar`) token for token. fp32 parity is exact (tests); in bf16 a "
-              "multi-token verify forward rounds differently from one-token forwards, so near-tied argmaxes can flip."]
+              "decoding's (`hf_generate`, else `ar`) token for token. fp32 parity is exact (tests); in bf16 (int8 and "
+              "nf4 compute in it too) a multi-token verify forward rounds differently from one-token forwards, so "
+              "near-tied argmaxes can flip — in a batch, in any row from one drafted step on (that step rounds every "
+              "row's root, and writes its cache entry, in a wider forward)."]
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
