@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from speckv.drafters import eagle
 from speckv.drafters.base import Drafter
 from speckv.drafters.eagle import EagleDrafter, EagleHead, head_config
 from speckv.drafters.int8 import ALL_ROWS
@@ -169,6 +170,28 @@ def test_rows_join_and_leave(head, target):
         reference = make(head, target)
         admit(reference, target, [prompt], [first])
         assert_same_nodes(row_nodes(got, b), row_nodes(grow(reference, 3, 2), 0))
+
+
+def test_a_long_plain_stretch_is_fed_as_it_goes_and_drafts_the_same(head, target, monkeypatch):
+    """Past QUEUE_MAX queued positions a commit feeds the head at once, keeping one queued pair per row; what the
+    head then drafts equals a drafter admitted with the whole sequence."""
+    monkeypatch.setattr(eagle, "QUEUE_MAX", 4)
+    drafter = make(head, target)
+    admit(drafter, target, PROMPTS, FIRSTS)
+    seqs = [p + [f] for p, f in zip(PROMPTS, FIRSTS)]
+    for step in range(7):  # plain steps, one token a row; at step 3 row 1 commits two (a ragged commit)
+        tokens = [[40 + step], [50 + step] + ([60] if step == 3 else []), [70 + step]]
+        commit(target, seqs, drafter, tokens)
+        seqs = [s + t for s, t in zip(seqs, tokens)]
+        assert sum(chunk[0].shape[1] for chunk in drafter.queue) <= 4
+    queued = sum(chunk[2].sum(dim=1) for chunk in drafter.queue)  # [B] pairs not fed yet
+    assert (drafter.cache.lengths + queued).tolist() == [len(s) - 1 for s in seqs]  # every pair once, fed or queued
+    assert all(drafter.cache.lengths > torch.tensor([len(p) - 1 for p in PROMPTS]))  # fed on the way
+    got = grow(drafter, 3, 2)
+    for b, seq in enumerate(seqs):
+        fresh = make(head, target)
+        admit(fresh, target, [seq[:-1]], [seq[-1]])
+        assert_same_nodes(row_nodes(got, b), row_nodes(grow(fresh, 3, 2), 0))
 
 
 def test_restricted_vocab_drafts_only_its_ids(head, target):
