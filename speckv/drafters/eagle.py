@@ -82,7 +82,8 @@ class EagleDrafter:
 
     Committed positions are fed to the head with the target's real features, lazily: a commit queues them (a plain
     step costs the drafter a list append) and the next drafting step feeds the queue in one ragged forward, which
-    also yields the predicted feature at each row's root. The tree then grows depth by depth (EAGLE-2): each
+    also yields the predicted feature at each row's root (a queue past ``QUEUE_MAX`` slots is fed by the commit that
+    took it there, all but each row's root pair). The tree then grows depth by depth (EAGLE-2): each
     forward feeds the frontier — the best new nodes — with their parents' predicted features, every node attending
     to the committed prefix and its own ancestors only; the head's drafted slots are dropped at commit."""
 
@@ -268,7 +269,7 @@ class EagleDrafter:
     def _catch_up(self) -> None:
         """Feed every queued pair but each row's last (its root's, for the next drafting step): a batch that decodes
         plainly for long would otherwise queue without bound (in the batch job, every step since the start, and its
-        re-indexing at admissions and drops took 2.8 % of the engine thread; py-spy, batch 8, bf16)."""
+        re-indexing at admissions and drops took 2.9 % of the engine thread; py-spy, batch 8, bf16)."""
         toks, feats, valid = self._merged_queue()
         rows = torch.arange(valid.shape[0], device=self.device)
         last = valid.shape[1] - 1 - valid.flip(1).int().argmax(dim=1)  # each row's last valid slot
@@ -311,8 +312,7 @@ class EagleDrafter:
         return nn.functional.linear(pred.to(weight.dtype), weight).float()
 
 
-#: queued committed positions (per row, at most) past which a commit feeds them to the head without waiting for a
-#: drafting step
+#: the queue's width (slots) past which a commit feeds it to the head without waiting for a drafting step
 QUEUE_MAX = 64
 #: the row counts :func:`choose_int8_rows` times
 ROW_GRID = (1, 2, 4, 8, 16, 32, 64)
