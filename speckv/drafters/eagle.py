@@ -167,12 +167,9 @@ class EagleDrafter:
             feats[b, : len(ids)] = feat
         # the prompt goes in now, in a cache of its own that then joins the batch's; each row's last pair (its
         # root's) stays queued, so that the next drafting step feeds every row alike
-        n, last = len(prompt_ids), valid.sum(dim=1) - 1
+        n = len(prompt_ids)
         cache = RaggedCache(n, self.device)
-        before_last = valid & (torch.arange(toks.shape[1], device=self.device)[None, :] < last[:, None])
-        self._forward(cache, feats, toks, before_last)
-        rows = torch.arange(n, device=self.device)
-        root = (toks[rows, last][:, None], feats[rows, last][:, None], torch.ones(n, 1, dtype=torch.bool, device=self.device))
+        root = self._feed_all_but_roots(cache, toks, feats, valid)
         old = self.cache.batch_size
         self.cache.extend(cache)
         if self.queue:  # the rows that join hold nothing in what is queued so far
@@ -256,9 +253,8 @@ class EagleDrafter:
         if not bool(valid.any(dim=1).all()):
             raise RuntimeError("a row has no committed token to feed the head: commit at least one token per row")
         out = self._forward(self.cache, feats, toks, valid)
-        last = valid.shape[1] - 1 - valid.flip(1).int().argmax(dim=1)  # each row's last valid slot
         self.queue = []
-        return out[torch.arange(valid.shape[0], device=self.device), last]
+        return out[torch.arange(valid.shape[0], device=self.device), _last_slot(valid)]
 
     def _merged_queue(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The queue as one chunk, so that an admission or a drop re-indexes three tensors, not three a queued step."""
@@ -267,16 +263,19 @@ class EagleDrafter:
         return self.queue[0]
 
     def _catch_up(self) -> None:
-        """Feed every queued pair but each row's last (its root's, for the next drafting step): a batch that decodes
-        plainly for long would otherwise queue without bound (in the batch job, every step since the start, and its
-        re-indexing at admissions and drops took 2.9 % of the engine thread; py-spy, batch 8, bf16)."""
-        toks, feats, valid = self._merged_queue()
-        rows = torch.arange(valid.shape[0], device=self.device)
-        last = valid.shape[1] - 1 - valid.flip(1).int().argmax(dim=1)  # each row's last valid slot
+        """Feed the queue now, but for each row's root pair: a batch that decodes plainly for long would otherwise
+        queue without bound (in the batch job, every step since the start, and its re-indexing at admissions and drops
+        took 2.9 % of the engine thread; py-spy, batch 8, bf16)."""
+        self.queue = [self._feed_all_but_roots(self.cache, *self._merged_queue())]
+
+    def _feed_all_but_roots(self, cache: RaggedCache, toks, feats, valid) -> tuple[torch.Tensor, ...]:
+        """Feed ``cache`` every valid pair but each row's last (its root's, which the next drafting step feeds with
+        every row's alike); returns that pair as a one-slot chunk (a row with none: an invalid slot)."""
+        rows, last = torch.arange(valid.shape[0], device=self.device), _last_slot(valid)
         before = valid.clone()
         before[rows, last] = False
-        self._forward(self.cache, feats, toks, before)
-        self.queue = [(toks[rows, last][:, None], feats[rows, last][:, None], valid[rows, last][:, None])]
+        self._forward(cache, feats, toks, before)
+        return toks[rows, last][:, None], feats[rows, last][:, None], valid[rows, last][:, None]
 
     def _forward_nodes(self, tree: TreeBuilder, front: torch.Tensor, feats: torch.Tensor,
                        root_position: torch.Tensor) -> torch.Tensor:  # [B, K, H]
@@ -310,6 +309,10 @@ class EagleDrafter:
             return self._int8_logits(pred).float()
         weight = self.lm_head.weight[: self.draft_vocab]  # a view: the first ids of the target's own head
         return nn.functional.linear(pred.to(weight.dtype), weight).float()
+
+
+def _last_slot(valid: torch.Tensor) -> torch.Tensor:  # [B, W] bool -> [B] each row's last valid slot (W-1: none)
+    return valid.shape[1] - 1 - valid.flip(1).int().argmax(dim=1)
 
 
 #: the queue's width (slots) past which a commit feeds it to the head without waiting for a drafting step
