@@ -175,7 +175,7 @@ class StepTimes:
     draft_ms: float
     verify_ms: float
     decision_ms: float
-    wall_ms: float  # the whole step, bookkeeping included
+    wall_ms: float  # the whole step, bookkeeping included; the drafter's catch-up (prepare) not, like admission
     delivered: float  # tokens committed per row, on average
     drafted: bool  # any row verified drafted tokens
 

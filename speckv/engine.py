@@ -87,7 +87,7 @@ class _Timer:
     """Wall ms by name, with the device synchronised at each boundary (CUDA runs asynchronously)."""
 
     def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync, self.ms = sync, {"decision": 0.0, "draft": 0.0, "verify": 0.0}
+        self.sync, self.ms = sync, {"decision": 0.0, "draft": 0.0, "verify": 0.0, "catch_up": 0.0}
 
     @contextmanager
     def __call__(self, name: str):
@@ -237,6 +237,8 @@ class SpecEngine:
                            sampling=None if ctx.greedy else (batch.temperature, batch.top_k, batch.top_p),
                            vocab=self.vocab_size)
         if self.drafter is not None:
+            with timer("catch_up"):  # what admission and plain steps queued: not a draft forward's cost, nor a step's
+                self.drafter.prepare(plan)
             with timer("draft"):
                 self.drafter.grow(tree, plan, lambda t: self._timed_expand(ctx, t, timer), self._draws(batch))
         with timer("decision"):
@@ -372,7 +374,7 @@ class SpecEngine:
             seq.stats.add(int(drafted[b]), int(accepted[b]))
         times = StepTimes(batch=len(batch.rows), tokens=proposal.width + 1, draft_forwards=proposal.draft_forwards,
                           draft_ms=timer.ms["draft"], verify_ms=timer.ms["verify"], decision_ms=timer.ms["decision"],
-                          wall_ms=(time.perf_counter() - start) * 1e3, delivered=float(num_new.float().mean()),
+                          wall_ms=(time.perf_counter() - start) * 1e3 - timer.ms["catch_up"], delivered=float(num_new.float().mean()),
                           drafted=bool(drafted.any()))
         if self.costs is not None:
             self.costs.observe(times)

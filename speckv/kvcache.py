@@ -103,6 +103,13 @@ class RaggedCache:
         for layer in self._layers():
             layer.keys, layer.values = layer.keys[rows], layer.values[rows]
 
+    def add_rows(self, n: int) -> None:
+        """Append ``n`` rows that hold nothing yet (all holes at the batch's width)."""
+        self.valid = torch.cat([self.valid, self.valid.new_zeros(n, self.valid.shape[1])])
+        for layer in self._layers():
+            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(n, *layer.keys.shape[1:])])
+            layer.values = torch.cat([layer.values, layer.values.new_zeros(n, *layer.values.shape[1:])])
+
     def extend(self, other: RaggedCache) -> None:
         """Append ``other``'s rows (a batch joining this one): the narrower side is padded on the left with holes."""
         if self.batch_size == 0:

@@ -194,6 +194,30 @@ def test_a_long_plain_stretch_is_fed_as_it_goes_and_drafts_the_same(head, target
         assert_same_nodes(row_nodes(got, b), row_nodes(grow(fresh, 3, 2), 0))
 
 
+def test_a_batch_that_decodes_plainly_never_feeds_the_head_and_drafting_catches_up_first(head, target):
+    """Admission and plain commits only queue; prepare feeds the backlog but each row's root pair, so that grow's
+    first forward is one pair a row (the shape calibration times); what it drafts equals a fresh drafter's."""
+    drafter = make(head, target)
+    admit(drafter, target, PROMPTS, FIRSTS)
+    seqs = [p + [f] for p, f in zip(PROMPTS, FIRSTS)]
+    for step in range(3):
+        tokens = [[40 + step], [50 + step, 60][: 1 + (step == 1)], [70 + step]]
+        commit(target, seqs, drafter, tokens)
+        seqs = [s + t for s, t in zip(seqs, tokens)]
+    assert drafter.cache.lengths.tolist() == [0, 0, 0]
+    fed, forward = [], drafter._forward
+    drafter._forward = lambda cache, feats, toks, valid, *a: fed.append(valid.sum(dim=1).tolist()) or forward(
+        cache, feats, toks, valid, *a)
+    drafter.prepare(Plan(nodes=torch.full((3,), 1000), depth=3, topk=2))
+    assert drafter.cache.lengths.tolist() == [len(s) - 2 for s in seqs]  # every pair (f_t, x_t+1) but the root's
+    got = grow(drafter, 3, 2)
+    assert fed[1] == [1, 1, 1]
+    for b, seq in enumerate(seqs):
+        fresh = make(head, target)
+        admit(fresh, target, [seq[:-1]], [seq[-1]])
+        assert_same_nodes(row_nodes(got, b), row_nodes(grow(fresh, 3, 2), 0))
+
+
 def test_restricted_vocab_drafts_only_its_ids(head, target):
     drafter = make(head, target, draft_vocab=100)
     admit(drafter, target, PROMPTS, FIRSTS)

@@ -1,9 +1,12 @@
 """The drafter protocol: one small interface every proposer implements, so one engine loop serves all.
 
 A drafter keeps its own per-row state (a KV cache, queued tokens and target features, an n-gram index) for the
-running batch, whose rows join and leave every step. The engine drives it with four calls:
+running batch, whose rows join and leave every step. The engine drives it with five calls:
 
 ``admit``   rows join the batch (after the target's prefill: their prompts, first tokens and the target's features)
+``prepare`` before ``grow``: where the plan drafts, catch up on what was queued before the last step (a head that
+            queues admitted prompts feeds them here); timed apart from the draft forwards, like the admission it
+            stands for
 ``grow``    add this step's candidates to the rows' trees (:class:`~speckv.drafters.tree.TreeBuilder`), within the
             policy's plan; a drafter that drafts depth by depth asks ``expand(tree)`` whether one more forward is
             worth it (the policy answers)
@@ -11,7 +14,7 @@ running batch, whose rows join and leave every step. The engine drives it with f
             rolls back whatever it drafted past them
 ``drop``    rows leave the batch (finished, aborted)
 
-(Transformers' ``CandidateGenerator`` has two methods; the two more here are what continuous batching needs.)
+(Transformers' ``CandidateGenerator`` has two methods; the three more here are what continuous batching needs.)
 
 Glossary (vLLM's): a step verifies a tree of candidates; the target accepts a path of ``num_accepted`` of them and
 then adds one token of its own — the *recovered* token after a rejection, or the *bonus* token when the path ends
@@ -45,6 +48,8 @@ class Drafter(Protocol):
         hidden: list[torch.Tensor] | None,  # B' tensors [len, H]: target features at the prompt positions
     ) -> None: ...
 
+    def prepare(self, plan: Plan) -> None: ...
+
     def grow(self, tree: TreeBuilder, plan: Plan, expand: Expand, draws: Draws) -> None: ...
 
     def commit(
@@ -77,6 +82,10 @@ class Drafters:
     def admit(self, prompt_ids, first_tokens, hidden) -> None:
         for p in self.parts:
             p.admit(prompt_ids, first_tokens, hidden if p.needs_target_hidden else None)
+
+    def prepare(self, plan: Plan) -> None:
+        for p in self.parts:
+            p.prepare(plan)
 
     def grow(self, tree: TreeBuilder, plan: Plan, expand: Expand, draws: Draws) -> None:
         for p in self.parts:

@@ -62,6 +62,9 @@ class DraftLM:
         self.cache.extend(cache)
         self.queue += [[int(t)] for t in first_tokens.tolist()]
 
+    def prepare(self, plan) -> None:
+        return None  # its prompts are fed at admission, its queue at grow
+
     @torch.inference_mode()
     def grow(self, tree, plan, expand, draws) -> None:
         if plan.depth == 0 or not bool((plan.nodes > 0).any()):

@@ -80,10 +80,14 @@ class EagleHead(nn.Module):
 class EagleDrafter:
     """Implements :class:`speckv.drafters.base.Drafter` with an :class:`EagleHead` and a :class:`RaggedCache`.
 
-    Committed positions are fed to the head with the target's real features, lazily: a commit queues them (a plain
-    step costs the drafter a list append) and the next drafting step feeds the queue in one ragged forward, which
-    also yields the predicted feature at each row's root (a queue past ``QUEUE_MAX`` slots is fed by the commit that
-    took it there, all but each row's root pair). The tree then grows depth by depth (EAGLE-2): each
+    The head reads the target's real features of every committed position, lazily: admission queues a row's prompt
+    and a commit its new tokens, and nothing is fed until a step drafts. Then :meth:`prepare` feeds the backlog (what
+    was queued before the last step: prompts, the commits of plain steps), all but each row's root pair, and
+    :meth:`grow` feeds the rest in its first forward, which yields the predicted feature at each row's root — the
+    shape calibration times, so that a draft forward's measured cost does not carry the backlog. A batch that
+    decodes plainly (at batch 8 on a CPU where a second verified token costs 1.7× the first, its gate drafted in 4
+    of 1,704 steps of the batch job) then never feeds rows that finish before it drafts again; a queue past
+    ``QUEUE_MAX`` slots is fed by the commit that took it there. The tree then grows depth by depth (EAGLE-2): each
     forward feeds the frontier — the best new nodes — with their parents' predicted features, every node attending
     to the committed prefix and its own ancestors only; the head's drafted slots are dropped at commit."""
 
@@ -116,6 +120,7 @@ class EagleDrafter:
         # committed positions not yet fed, as whole-batch chunks (tokens [B, w], features [B, w, H], valid [B, w]):
         # feature f_t with the token x_{t+1} after it; the last one of each row is its root's
         self.queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._behind = False  # the queue holds more than the last step's commit (prepare has a backlog to feed)
         self._drafted: list[torch.Tensor] = []  # node ids [B, K] of the slots drafted this step, in slot order
 
     # ---- loading / saving -------------------------------------------------------------------------------
@@ -165,21 +170,29 @@ class EagleDrafter:
         for b, (ids, feat) in enumerate(zip(prompt_ids, hidden)):
             assert feat.shape[0] == len(ids), "one feature per prompt position"
             feats[b, : len(ids)] = feat
-        # the prompt goes in now, in a cache of its own that then joins the batch's; each row's last pair (its
-        # root's) stays queued, so that the next drafting step feeds every row alike
-        n = len(prompt_ids)
-        cache = RaggedCache(n, self.device)
-        root = self._feed_all_but_roots(cache, toks, feats, valid)
+        # queued, not fed: the rows join the head's cache empty, and the next step that drafts feeds their prompts
         old = self.cache.batch_size
-        self.cache.extend(cache)
-        if self.queue:  # the rows that join hold nothing in what is queued so far
-            self.queue = [tuple(torch.cat([t, t.new_zeros((n, *t.shape[1:]))]) for t in self._merged_queue())]
-        self.queue.append(tuple(torch.cat([t.new_zeros((old, *t.shape[1:])), t]) for t in root))
+        if old == 0:
+            self.cache = RaggedCache(0, self.device)
+        self.cache.add_rows(len(prompt_ids))
+        queued = self._merged_queue() if self.queue else tuple(t.new_zeros((old, 0, *t.shape[2:]))
+                                                               for t in (toks, feats, valid))
+        width = max(queued[0].shape[1], toks.shape[1])
+        self.queue = [tuple(torch.cat([_pad_slots(a, width), _pad_slots(b, width)])
+                            for a, b in zip(queued, (toks, feats, valid)))]
+        self._behind = True
+
+    @torch.no_grad()
+    def prepare(self, plan) -> None:
+        """Before a step that drafts: feed the backlog, all but each row's root pair (which :meth:`grow` feeds)."""
+        if self._behind and plan.depth > 0 and bool((plan.nodes > 0).any()):
+            self._catch_up()
 
     @torch.no_grad()
     def grow(self, tree: TreeBuilder, plan, expand, draws) -> None:
         if plan.depth == 0 or not bool((plan.nodes > 0).any()):
             return
+        self.prepare(plan)  # a no-op when the engine has called it
         pred = self._feed_queue()  # [B, H] the predicted feature at each row's root
         tree.forwards += 1
         root_position = self.cache.lengths - 1
@@ -211,6 +224,7 @@ class EagleDrafter:
             self._drafted = []
         width = new_tokens.shape[1]
         valid = torch.arange(width, device=self.device)[None, :] < num_new.to(self.device)[:, None]
+        self._behind = self._behind or bool(self.queue)  # a step went by without feeding the head
         self.queue.append((new_tokens.to(self.device), hidden[:, :width].to(self.device, self.dtype), valid))
         if sum(chunk[0].shape[1] for chunk in self.queue) > QUEUE_MAX:
             self._catch_up()
@@ -253,7 +267,7 @@ class EagleDrafter:
         if not bool(valid.any(dim=1).all()):
             raise RuntimeError("a row has no committed token to feed the head: commit at least one token per row")
         out = self._forward(self.cache, feats, toks, valid)
-        self.queue = []
+        self.queue, self._behind = [], False
         return out[torch.arange(valid.shape[0], device=self.device), _last_slot(valid)]
 
     def _merged_queue(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -263,19 +277,16 @@ class EagleDrafter:
         return self.queue[0]
 
     def _catch_up(self) -> None:
-        """Feed the queue now, but for each row's root pair: a batch that decodes plainly for long would otherwise
-        queue without bound (in the batch job, every step since the start, and its re-indexing at admissions and drops
-        took 2.9 % of the engine thread; py-spy, batch 8, bf16)."""
-        self.queue = [self._feed_all_but_roots(self.cache, *self._merged_queue())]
-
-    def _feed_all_but_roots(self, cache: RaggedCache, toks, feats, valid) -> tuple[torch.Tensor, ...]:
-        """Feed ``cache`` every valid pair but each row's last (its root's, which the next drafting step feeds with
-        every row's alike); returns that pair as a one-slot chunk (a row with none: an invalid slot)."""
+        """Feed every queued pair but each row's last (its root's, which the next drafting step feeds with every
+        row's alike); the queue keeps that pair (a row with none: an invalid slot)."""
+        toks, feats, valid = self._merged_queue()
         rows, last = torch.arange(valid.shape[0], device=self.device), _last_slot(valid)
         before = valid.clone()
         before[rows, last] = False
-        self._forward(cache, feats, toks, before)
-        return toks[rows, last][:, None], feats[rows, last][:, None], valid[rows, last][:, None]
+        if bool(before.any()):
+            self._forward(self.cache, feats, toks, before)
+        self.queue = [(toks[rows, last][:, None], feats[rows, last][:, None], valid[rows, last][:, None])]
+        self._behind = False
 
     def _forward_nodes(self, tree: TreeBuilder, front: torch.Tensor, feats: torch.Tensor,
                        root_position: torch.Tensor) -> torch.Tensor:  # [B, K, H]
@@ -315,8 +326,13 @@ def _last_slot(valid: torch.Tensor) -> torch.Tensor:  # [B, W] bool -> [B] each 
     return valid.shape[1] - 1 - valid.flip(1).int().argmax(dim=1)
 
 
-#: the queue's width (slots) past which a commit feeds it to the head without waiting for a drafting step
-QUEUE_MAX = 64
+def _pad_slots(t: torch.Tensor, width: int) -> torch.Tensor:  # [B, w, ...] -> [B, width, ...], zeros (invalid) after
+    return torch.cat([t, t.new_zeros((t.shape[0], width - t.shape[1], *t.shape[2:]))], dim=1)
+
+
+#: the queue's width (slots) past which a commit feeds it to the head without waiting for a drafting step: a bound
+#: on its memory (B × QUEUE_MAX features), above the prompts and outputs of the batch job
+QUEUE_MAX = 512
 #: the row counts :func:`choose_int8_rows` times
 ROW_GRID = (1, 2, 4, 8, 16, 32, 64)
 

@@ -57,6 +57,9 @@ class LookupDrafter:
             index.extend(list(ids) + [int(first)])
             self.rows.append(index)
 
+    def prepare(self, plan) -> None:
+        return None  # nothing queued to catch up on
+
     def grow(self, tree, plan, expand, draws) -> None:
         if not plan.lookup:
             return
