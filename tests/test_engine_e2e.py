@@ -308,6 +308,28 @@ def test_ragged_cache_compaction_and_joins_preserve_logits(models):
     torch.testing.assert_close(before[4:5], solo, rtol=1e-4, atol=1e-4)  # a joined row sees only its own tokens
 
 
+def test_ragged_cache_crops_the_columns_of_rows_that_left(models):
+    """Rows that join a batch sit left-padded to its width; once the older rows leave, trim crops the columns only
+    they held, and every remaining row's logits stay the same."""
+    target = models[0]
+    gen = torch.Generator().manual_seed(1)
+    older, newer = RaggedCache(1, CPU), RaggedCache(2, CPU)
+    with torch.no_grad():
+        target(**older.model_inputs(torch.randint(0, 1000, (1, 10), generator=gen), torch.ones(1, 10, dtype=torch.bool)))
+        target(**newer.model_inputs(torch.randint(0, 1000, (2, 3), generator=gen), torch.ones(2, 3, dtype=torch.bool)))
+        joined = RaggedCache(0, CPU)
+        joined.extend(older)
+        joined.extend(newer)
+        joined.select_rows(torch.tensor([1, 2]))  # the older row leaves: 7 all-hole columns on the left
+        nxt, ones = torch.randint(0, 1000, (2, 2), generator=gen), torch.ones(2, 2, dtype=torch.bool)
+        before = target(**joined.model_inputs(nxt, ones)).logits
+        joined.keep_last(torch.zeros(2, 2, dtype=torch.bool))
+        joined.trim()
+        assert joined.valid.shape[1] == 3 and joined.lengths.tolist() == [3, 3]
+        after = target(**joined.model_inputs(nxt, ones)).logits
+    torch.testing.assert_close(before, after, rtol=1e-4, atol=1e-4)
+
+
 def test_mismatched_tokenizers_are_refused(tokenizer):
     from tokenizers import Tokenizer
     from tokenizers import models as tok_models
