@@ -60,7 +60,8 @@ ms = {w: [] for w in WIDTHS}
 for r in range(args.rounds):
     for w in WIDTHS if r % 2 == 0 else WIDTHS[::-1]:
         ms[w].append(step(caches[w]))
-print(f"{cpu_name()} (CPU capability usage: {cpu_capability()}), {torch.get_num_threads()} threads, target {spec.dtype}")
+print(f"{cpu_name()} (CPU capability usage: {cpu_capability()}), {torch.get_num_threads()} threads, "
+      f"target {spec.dtype}")
 print(f"batch {BATCH}, {TOKENS} valid slots a row, one token a row, {args.rounds} interleaved rounds")
 print("| width (columns) | ms (trimmed mean) | × the narrowest (paired interval over rounds) |")
 print("|---|---|---|")

@@ -372,10 +372,10 @@ class SpecEngine:
         drafted, accepted = proposal.num_nodes.cpu(), verdict.num_accepted.cpu()
         for b, seq in enumerate(batch.rows):
             seq.stats.add(int(drafted[b]), int(accepted[b]))
+        wall_ms = (time.perf_counter() - start) * 1e3 - timer.ms["catch_up"]
         times = StepTimes(batch=len(batch.rows), tokens=proposal.width + 1, draft_forwards=proposal.draft_forwards,
                           draft_ms=timer.ms["draft"], verify_ms=timer.ms["verify"], decision_ms=timer.ms["decision"],
-                          wall_ms=(time.perf_counter() - start) * 1e3 - timer.ms["catch_up"], delivered=float(num_new.float().mean()),
-                          drafted=bool(drafted.any()))
+                          wall_ms=wall_ms, delivered=float(num_new.float().mean()), drafted=bool(drafted.any()))
         if self.costs is not None:
             self.costs.observe(times)
         if self.record_steps:

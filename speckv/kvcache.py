@@ -83,8 +83,9 @@ class RaggedCache:
         """Crop all-hole columns at either end; compact when holes outnumber tokens.
 
         The leading ones are what rows that left the batch held: the others joined after them, left-padded to the
-        batch's width. Every forward attends over the whole width (a batch-8 step over 120 valid slots a row:
-        61 ms at 120 columns, 79 ms at 480; bf16, AMD EPYC AVX512), so the slice is worth taking every step."""
+        batch's width. Every forward attends over the whole width (a batch-8 step with 120 valid slots a row costs
+        1.25× at 480 columns what it costs at 120: ``bench/cache_width.py``, bf16, AMD EPYC AVX512), so the slice is
+        worth taking every step."""
         cols = self.valid.any(dim=0).nonzero()
         start, end = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
         if start > 0 or end < self.valid.shape[1]:

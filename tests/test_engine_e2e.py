@@ -315,8 +315,9 @@ def test_ragged_cache_crops_the_columns_of_rows_that_left(models):
     gen = torch.Generator().manual_seed(1)
     older, newer = RaggedCache(1, CPU), RaggedCache(2, CPU)
     with torch.no_grad():
-        target(**older.model_inputs(torch.randint(0, 1000, (1, 10), generator=gen), torch.ones(1, 10, dtype=torch.bool)))
-        target(**newer.model_inputs(torch.randint(0, 1000, (2, 3), generator=gen), torch.ones(2, 3, dtype=torch.bool)))
+        for cache, width in ((older, 10), (newer, 3)):
+            ids = torch.randint(0, 1000, (cache.batch_size, width), generator=gen)
+            target(**cache.model_inputs(ids, torch.ones_like(ids, dtype=torch.bool)))
         joined = RaggedCache(0, CPU)
         joined.extend(older)
         joined.extend(newer)
