@@ -39,6 +39,11 @@ class Plan:
     topk: int = 1  # children per expanded node (1 = a chain)
     lookup: bool = True  # prompt-lookup candidates may join (they cost no forward)
 
+    @property
+    def drafts(self) -> bool:
+        """A draft model runs this step: some depth, and some row that may take a node."""
+        return self.depth > 0 and bool((self.nodes > 0).any())
+
 
 @dataclass
 class Proposal:

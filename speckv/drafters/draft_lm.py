@@ -67,7 +67,7 @@ class DraftLM:
 
     @torch.inference_mode()
     def grow(self, tree, plan, expand, draws) -> None:
-        if plan.depth == 0 or not bool((plan.nodes > 0).any()):
+        if not plan.drafts:
             return
         ids, valid = pad_right(self.queue, self.device)
         self.queue = [[] for _ in self.queue]

@@ -185,12 +185,12 @@ class EagleDrafter:
     @torch.no_grad()
     def prepare(self, plan) -> None:
         """Before a step that drafts: feed the backlog, all but each row's root pair (which :meth:`grow` feeds)."""
-        if self._behind and plan.depth > 0 and bool((plan.nodes > 0).any()):
+        if self._behind and plan.drafts:
             self._catch_up()
 
     @torch.no_grad()
     def grow(self, tree: TreeBuilder, plan, expand, draws) -> None:
-        if plan.depth == 0 or not bool((plan.nodes > 0).any()):
+        if not plan.drafts:
             return
         self.prepare(plan)  # a no-op when the engine has called it
         pred = self._feed_queue()  # [B, H] the predicted feature at each row's root
