@@ -58,9 +58,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--policy", choices=POLICY_NAMES, default="learned", help=POLICY_HELP)
     g.add_argument("--gamma", type=int, default=4, help=f"γ for 'fixed' (1..{GAMMA_LIMIT})")
-    g.add_argument("--gamma-max", type=int, default=8, help="most nodes a row verifies per step (adaptive policies)")
+    g.add_argument("--gamma-max", type=int, default=16, help="most nodes a row verifies per step (adaptive policies)")
     g.add_argument("--tree-topk", type=int, default=None,
-                   help="children per expanded draft node (1 = chains; default: chains for fixed, 2 for learned)")
+                   help="children per expanded draft node (1 = chains; default: chains for fixed, 4 for learned)")
     g.add_argument("--tree-depth", type=int, default=None, help="deepest draft level (default: gamma / gamma-max)")
     g.add_argument("--policy-path", default=None, help="weights for 'learned' (default: the shipped selector)")
     g.add_argument("--batch-size", type=int, default=8, help="most requests decoded together (the batch stays this "

@@ -73,10 +73,10 @@ class PolicySpec(_Strict):
     name: Literal["ar", "fixed", "heuristic", "confidence", "entropy", "ema", "learned"] = "learned"
     gamma: int = Field(4, ge=0, le=GAMMA_LIMIT, description="nodes per step for 'fixed' (a chain: γ); initial γ for "
                        "adaptive chains")
-    gamma_max: int = Field(8, ge=1, le=GAMMA_LIMIT, description="most nodes a row may verify in a step (adaptive)")
+    gamma_max: int = Field(16, ge=1, le=GAMMA_LIMIT, description="most nodes a row may verify in a step (adaptive)")
     tree_topk: int | None = Field(None, ge=1, le=8, description="children per expanded node (1 = a chain); 'fixed' "
-                                  "and 'learned'; default: a chain for 'fixed', 2 for 'learned' (measured fastest: "
-                                  "README, Benchmarks)")
+                                  "and 'learned'; default: a chain for 'fixed', 4 for 'learned', which also chooses "
+                                  "how many nodes each draft depth expands (README, Benchmarks)")
     tree_depth: int | None = Field(None, ge=1, le=16, description="deepest draft level; default γ for "
                                    "'fixed', gamma_max for 'learned'")
     confidence_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="'confidence': stop under this top-1 p")
@@ -101,7 +101,7 @@ class PolicySpec(_Strict):
 
     @property
     def topk(self) -> int:
-        return self.tree_topk or (2 if self.name == "learned" else 1)
+        return self.tree_topk or (4 if self.name == "learned" else 1)
 
     @property
     def depth(self) -> int:

@@ -38,7 +38,7 @@ REPEATS = 5
 
 
 class Costs(Protocol):
-    def draft(self, batch: int) -> float: ...  # ms of one draft forward
+    def draft(self, batch: int, nodes: int = 1) -> float: ...  # ms of one draft forward of batch × nodes
 
     def verify(self, batch: int, tokens: int) -> float: ...  # ms of a target forward of batch × tokens
 
@@ -55,8 +55,10 @@ class CostModel:
         row = [_interp(self.tokens, ms, tokens) for ms in self.verify_ms]
         return _interp(self.batch_sizes, row, batch)
 
-    def draft(self, batch: int) -> float:
-        return _interp(self.batch_sizes, self.draft_ms, batch)
+    def draft(self, batch: int, nodes: int = 1) -> float:
+        """Draft forward ms for ``batch`` rows × ``nodes`` nodes each (calibrated at one node a row: read at
+        batch · nodes, the rows a head's linear layers see)."""
+        return _interp(self.batch_sizes, self.draft_ms, batch * nodes)
 
     def ratios(self, batch: int = 1, tokens=(1, 5, 9)) -> dict[int, float]:
         """Verify cost of each token count relative to one token (the figure that decides whether drafting pays)."""
@@ -178,6 +180,7 @@ class StepTimes:
     wall_ms: float  # the whole step, bookkeeping included; the drafter's catch-up (prepare) not, like admission
     delivered: float  # tokens committed per row, on average
     drafted: bool  # any row verified drafted tokens
+    draft_widths: tuple[int, ...] = ()  # nodes per row fed by each draft forward (empty: one each)
 
 
 class OnlineCosts:
@@ -233,8 +236,9 @@ class OnlineCosts:
         stats[1] = min(stats[1] + 1, self.WINDOW)
         stats[0] += (t.verify_ms - stats[0]) / stats[1]
         self.verify_scale = self._ema(self.verify_scale, t.verify_ms / self.calibrated.verify(n, t.tokens))
-        if t.draft_forwards:
-            per_forward = t.draft_ms / t.draft_forwards
+        if t.draft_forwards:  # per forward of one node a row: a wider forward counts as its calibrated multiple
+            widths = t.draft_widths or (1,) * t.draft_forwards
+            per_forward = t.draft_ms / sum(self._widen(n, w) for w in widths)
             self.draft_ms[n] = self._ema(self.draft_ms.get(n), per_forward)
             if self.calibrated.draft(n) > 0:
                 self.draft_scale = self._ema(self.draft_scale, per_forward / self.calibrated.draft(n))
@@ -247,8 +251,13 @@ class OnlineCosts:
     def measured(self, batch: int, tokens: int) -> bool:
         return (batch, tokens) in self.cells
 
-    def draft(self, batch: int) -> float:
-        return self.draft_ms.get(batch, self.calibrated.draft(batch) * self.draft_scale)
+    def draft(self, batch: int, nodes: int = 1) -> float:
+        one = self.draft_ms.get(batch, self.calibrated.draft(batch) * self.draft_scale)
+        return one * self._widen(batch, nodes)
+
+    def _widen(self, batch: int, nodes: int) -> float:  # a forward of `nodes` a row ÷ one of a node a row
+        base = self.calibrated.draft(batch)
+        return self.calibrated.draft(batch, nodes) / base if nodes > 1 and base > 0 else 1.0
 
     def verify(self, batch: int, tokens: int) -> float:
         curve = self._fitted(batch)[0]

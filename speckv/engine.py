@@ -375,7 +375,8 @@ class SpecEngine:
         wall_ms = (time.perf_counter() - start) * 1e3 - timer.ms["catch_up"]
         times = StepTimes(batch=len(batch.rows), tokens=proposal.width + 1, draft_forwards=proposal.draft_forwards,
                           draft_ms=timer.ms["draft"], verify_ms=timer.ms["verify"], decision_ms=timer.ms["decision"],
-                          wall_ms=wall_ms, delivered=float(num_new.float().mean()), drafted=bool(drafted.any()))
+                          wall_ms=wall_ms, delivered=float(num_new.float().mean()), drafted=bool(drafted.any()),
+                          draft_widths=proposal.draft_widths)
         if self.costs is not None:
             self.costs.observe(times)
         if self.record_steps:
@@ -491,7 +492,7 @@ class SpecEngine:
         room = self.max_context - 1 - ctx.context_len
         return torch.minimum(left, room).clamp(min=0)
 
-    def _timed_expand(self, ctx: StepContext, tree: TreeBuilder, timer: _Timer) -> bool:
+    def _timed_expand(self, ctx: StepContext, tree: TreeBuilder, timer: _Timer) -> int:
         with timer("decision"):
             return self.policy.expand(ctx, tree)
 

@@ -59,7 +59,11 @@ class Proposal:
     match: torch.Tensor  # [B, N] long
     value: torch.Tensor  # [B, N] float
     q: torch.Tensor | None = None  # [B, N, V] distribution each node was drawn from (one-hot: point mass); None: greedy
-    draft_forwards: int = 0  # batched draft forwards this step
+    draft_widths: tuple[int, ...] = ()  # nodes per row fed by each batched draft forward this step
+
+    @property
+    def draft_forwards(self) -> int:
+        return len(self.draft_widths)
 
     @property
     def width(self) -> int:

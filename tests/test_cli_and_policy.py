@@ -307,3 +307,43 @@ def test_gate_at_batch_1_keeps_drafting_through_slow_drafted_steps():
         decisions.append(decision)
         measured_step(costs, 1, 2 if decision else 1, 70.0 if decision else 50.0, 1.0)
     assert decisions[:10].count(0) >= 9 and all(d != 0 for d in decisions[12:])
+
+
+def test_learned_expands_as_many_new_nodes_as_the_wider_draft_forward_pays_for():
+    """EAGLE-2 expands a fixed top-k; the selector expands the j-th best new node only while its children's worth
+    pays for the j-th node a row in the next draft forward (read off the calibrated draft curve) and the column."""
+    from speckv.drafters.tree import TreeBuilder
+    from speckv.policies.base import StepContext
+    from speckv.policies.learned import LearnedPolicy
+
+    def frontier(draft_ms: list[float], probs: list[float]) -> int:
+        costs = OnlineCosts(CostModel([1, 2, 4], [1, 2, 3, 5, 9], [[40, 40.1, 40.2, 40.4, 40.8]] * 3, draft_ms), 11)
+        ctx = StepContext(batch_size=1, context_len=torch.tensor([20]), num_generated=torch.tensor([0]),
+                          max_new_tokens=torch.tensor([64]), accept_rate=torch.tensor([0.5]),
+                          lookup_rate=torch.tensor([0.5]), first_accept=torch.tensor([0.5]), compression="bf16",
+                          costs=costs, gamma_max=8, greedy=True)
+        tree = TreeBuilder(1, depth_cap=torch.tensor([8]), device=torch.device("cpu"))
+        dist = torch.full((16,), (1 - sum(probs)) / (16 - len(probs)))  # the rest of the mass spread thin
+        dist[: len(probs)] = torch.tensor(probs)
+        logits = dist.clamp(min=1e-12).log()[None, None]
+        tree.add_children(torch.zeros(1, 1, dtype=torch.long), logits, 4)
+        tree.count_forward()
+        # no trained weights: a node's acceptance is its draft probability (the documented fallback)
+        policy = LearnedPolicy(None, gamma_max=8, depth=4, topk=4)
+        policy.plan(ctx)  # sets the step's margins (batch 1: none after the first column)
+        return policy.expand(ctx, tree)
+
+    probs = [0.4, 0.3, 0.2, 0.1]
+    assert frontier([1.0, 1.01, 1.02], probs) == 4  # a wider head forward costs next to nothing: EAGLE-2's top-k
+    assert frontier([1.0, 10.0, 30.0], probs) == 1  # each further node a row costs ~9 ms: only the best one
+    assert frontier([1.0, 1.01, 1.02], [0.02, 0.01, 0.01, 0.01]) == 0  # children worth ~0.0004 tokens: stop drafting
+
+
+def test_draft_cost_per_forward_counts_a_wider_forward_as_its_calibrated_multiple():
+    costs = OnlineCosts(CostModel([1, 2, 4], [1, 2, 5], [[40, 41, 42]] * 3, [1.0, 1.5, 2.0]), 6)
+    step = StepTimes(batch=1, tokens=5, draft_forwards=2, draft_ms=6.0, verify_ms=42.0, decision_ms=0.0,
+                     wall_ms=48.0, delivered=2.0, drafted=True, draft_widths=(1, 4))
+    for _ in range(2):  # the first step of a shape is not counted
+        costs.observe(step)
+    # 6 ms over a forward of one node and one of four (calibrated: 2× one): 2 ms per one-node forward
+    assert costs.draft(1) == pytest.approx(2.0) and costs.draft(1, 4) == pytest.approx(4.0)

@@ -51,9 +51,9 @@ def grow(drafter, depth: int, topk: int = 1) -> TreeBuilder:
     n = drafter.cache.batch_size
     tree = TreeBuilder(n, depth_cap=torch.full((n,), depth), device=torch.device("cpu"))
 
-    def expand(t: TreeBuilder) -> bool:
+    def expand(t: TreeBuilder) -> int:
         t.draft_values()
-        return True
+        return topk  # every new node's children, up to the plan's width
 
     drafter.grow(tree, Plan(nodes=torch.full((n,), 1000), depth=depth, topk=topk), expand, None)
     tree.draft_values()

@@ -8,8 +8,8 @@ paired-bootstrap 95 % interval (:mod:`speckv.bench.stats`). Methods (names compo
 * ``ar`` — plain decoding through the same engine; ``fixedN`` — a chain of N drafted tokens every step;
   ``treeDxKnN`` — a fixed tree (K children per node, D levels, the N most probable kept: EAGLE-2's rerank);
   ``lookupN`` — prompt lookup alone, up to N tokens; ``heuristic``, ``confidence``, ``entropy``, ``ema`` — the
-  adaptive chains; ``learned`` — the learned selector with its default trees (2 children per node), ``learned-treeK``
-  over trees of K children (``learned-tree1``: chains);
+  adaptive chains; ``learned`` — the learned selector with its default trees (4 children per node, as many nodes
+  expanded per depth as pay), ``learned-treeK`` over trees of K children (``learned-tree1``: chains);
 * ``…+lookup`` adds the prompt-lookup branch to a head method (``learned+lookup``: the hybrid); ``…@lm`` drafts with
   the independent draft LM instead of the EAGLE head;
 * ``best fixed (hindsight)`` — the fastest fixed chain or tree, picked after the fact (every method's
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in seconds, where one hiccup is several per cent: give it more)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of engine methods (module doc)")
     parser.add_argument("--baseline", default="fixed4", help="the method every ratio column is also taken against")
-    parser.add_argument("--gamma-max", type=int, default=8, help="most nodes an adaptive method verifies per row")
+    parser.add_argument("--gamma-max", type=int, default=16, help="most nodes an adaptive method verifies per row")
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate / assisted generation")
     parser.add_argument("--batch-sizes", default="1", help="comma list; HF rows only at batch size 1")
     parser.add_argument("--target", default=EMBEDDED)

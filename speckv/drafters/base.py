@@ -9,7 +9,7 @@ running batch, whose rows join and leave every step. The engine drives it with f
             stands for
 ``grow``    add this step's candidates to the rows' trees (:class:`~speckv.drafters.tree.TreeBuilder`), within the
             policy's plan; a drafter that drafts depth by depth asks ``expand(tree)`` whether one more forward is
-            worth it (the policy answers)
+            worth it, and over how many of the newest nodes (the policy answers; at most the plan's ``topk``)
 ``commit``  after verification: the tokens each row committed, with the target's features for them; the drafter
             rolls back whatever it drafted past them
 ``drop``    rows leave the batch (finished, aborted)
@@ -31,7 +31,7 @@ import torch
 from speckv.drafters.tree import TreeBuilder
 from speckv.proposal import Plan
 
-Expand = Callable[[TreeBuilder], bool]  # the policy, asked after each depth: draft one more?
+Expand = Callable[[TreeBuilder], int]  # the policy, asked after each depth: how many new nodes to expand (0: stop)
 Draws = Callable[[torch.Tensor], torch.Tensor]  # [B] bool rows that sample a token -> [B] their uniforms
 
 

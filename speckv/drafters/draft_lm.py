@@ -72,7 +72,7 @@ class DraftLM:
         ids, valid = pad_right(self.queue, self.device)
         self.queue = [[] for _ in self.queue]
         logits = self._forward(self.cache, ids, valid)
-        tree.forwards += 1
+        tree.count_forward()
         parents = torch.where(plan.nodes.to(self.device) > 0, 0, -1)[:, None]
         for depth in range(plan.depth):
             start, _ = tree.add_children(parents, logits[:, None], 1, draws)
@@ -82,7 +82,7 @@ class DraftLM:
             token = torch.where(node >= 0, tree.tokens[:, start], -1)
             logits = self._forward(self.cache, token.clamp(min=0)[:, None], (node >= 0)[:, None])
             self.fed.append(token)
-            tree.forwards += 1
+            tree.count_forward()
             parents = node[:, None]
 
     def commit(self, new_tokens, num_new, hidden=None) -> None:

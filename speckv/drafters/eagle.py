@@ -194,23 +194,24 @@ class EagleDrafter:
             return
         self.prepare(plan)  # a no-op when the engine has called it
         pred = self._feed_queue()  # [B, H] the predicted feature at each row's root
-        tree.forwards += 1
+        tree.count_forward()
         root_position = self.cache.lengths - 1
         self._start = self.cache.valid.shape[1]
         parents = torch.where(plan.nodes.to(self.device) > 0, 0, -1)[:, None]  # [B, F] nodes to expand
         parent_pred = pred[:, None]  # [B, F, H] their predicted features
         for depth in range(plan.depth):
             tree.add_children(parents, self._logits(parent_pred), plan.topk, draws)
-            if depth + 1 == plan.depth or not expand(tree):
+            wanted = 0 if depth + 1 == plan.depth else expand(tree)  # how many new nodes the policy would expand
+            if not wanted:
                 break
-            front = tree.frontier(plan.topk)  # [B, K] the best new nodes
+            front = tree.frontier(min(wanted, plan.topk))  # [B, K] the best new nodes
             if not bool((front >= 0).any()):
                 break
             # each frontier node's input: its parent's predicted feature and its own token's embedding
             of_parent = (parents[:, :, None] == tree.parents.gather(1, (front - 1).clamp(min=0))[:, None, :])
             feats = parent_pred.gather(1, of_parent.int().argmax(dim=1)[..., None].expand(-1, -1, pred.shape[-1]))
             parent_pred = self._forward_nodes(tree, front, feats, root_position)
-            tree.forwards += 1
+            tree.count_forward(front.shape[1])
             parents = front
 
     @torch.no_grad()

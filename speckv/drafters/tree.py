@@ -38,7 +38,7 @@ class TreeBuilder:
         self.batch, self.device, self.n, self.capacity = batch, device, 0, 0
         self.depth_cap = depth_cap.to(device)
         self.sampling, self.vocab = sampling, vocab
-        self.forwards = 0
+        self.widths: list[int] = []  # nodes per row fed by each draft forward so far
         self.scored = 0  # columns the policy has valued so far (it scores new columns as they come)
         self.last = (0, 0)  # column range added by the latest call
         self._rows = torch.arange(batch, device=device)
@@ -177,6 +177,14 @@ class TreeBuilder:
         self._anc[:, 1 : m + 1, 1 : m + 1] = upto
         self.n, self.last = m, (0, m)
 
+    def count_forward(self, nodes: int = 1) -> None:
+        """A drafter ran one forward of ``nodes`` nodes a row."""
+        self.widths.append(nodes)
+
+    @property
+    def forwards(self) -> int:
+        return len(self.widths)
+
     # ---- reading -----------------------------------------------------------------------------------------
     def frontier(self, k: int) -> torch.Tensor:  # [B, k] node ids of the latest nodes worth expanding (-1: none)
         start, end = self.last
@@ -232,7 +240,7 @@ class TreeBuilder:
             tokens=pick(self.tokens), parents=torch.where(real, new_id.gather(1, pick(self.parents)), 0),
             depth=pick(self.depth), num_nodes=num, prob=pick(self.prob), top1=pick(self.top1),
             entropy=pick(self.entropy), rank=pick(self.rank), source=pick(self.source), match=pick(self.match),
-            value=pick(self.value), q=q, draft_forwards=self.forwards)
+            value=pick(self.value), q=q, draft_widths=tuple(self.widths))
 
     # ---- internals ---------------------------------------------------------------------------------------
     def _node(self, t: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ A step's budget is a tree (a chain is a tree of width one). The policy answers, 
 ``plan``     before drafting: at most how many candidate nodes may row b verify (0 = plain decoding), how deep the
              head may draft and how wide it branches (``topk`` children per expanded node; 1 = a chain), and
              whether free prompt-lookup candidates may join;
-``expand``   after each depth the head has drafted: value the new nodes, and say whether one more draft forward is
-             worth it;
+``expand``   after each depth the head has drafted: value the new nodes, and say over how many of the best of them
+             one more draft forward is worth it (0: none; the drafter takes at most the plan's ``topk``);
 ``cut``      once every drafter is done: which nodes each row verifies (ancestor-closed);
 
 and then ``observe``s the verdict. It sees only what is known at decision time: the draft's signals of the nodes
@@ -57,8 +57,9 @@ class Policy(Protocol):
 
     def plan(self, ctx: StepContext) -> Plan: ...
 
-    def expand(self, ctx: StepContext, tree: TreeBuilder) -> bool:
-        """Value the columns the head just added (``tree.value``); True to draft one more depth."""
+    def expand(self, ctx: StepContext, tree: TreeBuilder) -> int:
+        """Value the columns the head just added (``tree.value``); how many of the best of them to expand in one
+        more draft forward (0: stop drafting)."""
         ...
 
     def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:  # [B, tree.n] bool kept
@@ -88,9 +89,10 @@ class StaticPolicy:
     def init_rows(self, n: int) -> dict[str, torch.Tensor]:
         return {}
 
-    def expand(self, ctx: StepContext, tree: TreeBuilder) -> bool:
+    def expand(self, ctx: StepContext, tree: TreeBuilder) -> int:
         tree.draft_values()
-        return True  # the drafter stops at the plan's depth
+        start, end = tree.last
+        return end - start  # all it may: the drafter stops at the plan's depth and width
 
     def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:
         tree.draft_values()

@@ -29,10 +29,10 @@ class SignalStopPolicy(StaticPolicy):
         gamma = min(self.gamma_max, ctx.gamma_max)
         return Plan(nodes=self.full(ctx, gamma), depth=gamma, lookup=False)
 
-    def expand(self, ctx: StepContext, tree: TreeBuilder) -> bool:
+    def expand(self, ctx: StepContext, tree: TreeBuilder) -> int:
         tree.draft_values()
         start, end = tree.last
-        return bool((tree.real[:, start:end] & ~self.unsure(tree)[:, start:end]).any())
+        return int((tree.real[:, start:end] & ~self.unsure(tree)[:, start:end]).any())
 
     def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:
         tree.draft_values()

@@ -66,18 +66,29 @@ class LearnedPolicy:
         depth = {0: 0, 1: 1}.get(columns, self.depth)  # plain: no head forward, only free lookup candidates
         return Plan(nodes=nodes, depth=min(depth, cap), topk=self.topk if columns == -1 else 1)
 
-    def expand(self, ctx: StepContext, tree: TreeBuilder) -> bool:
+    def expand(self, ctx: StepContext, tree: TreeBuilder) -> int:
+        """How many of the newest nodes one more draft forward expands: the j-th best per row joins while its
+        children's worth (``rule.worth_expanding``) pays for the forward's j-th node a row and the column it adds."""
         self._score(ctx, tree)
         costs, n = ctx.costs, ctx.batch_size
-        step, draft = costs.step(n), costs.draft(n)
+        step = costs.step(n)
         width, expected, took = self._width(ctx, tree, torch.full((n,), self.gamma_max))
-        if width + 1 >= len(step):
-            return False
         start, end = tree.last
+        if end == start:
+            return 0
         new = torch.where(tree.real[:, start:end], tree.value[:, start:end] * tree.accept[:, start:end], 0.0)
-        gain = float(new.max(dim=1).values.sum()) if end > start else 0.0
-        return worth_expanding(gain, expected, took, draft, step[width + 1] - step[width],
-                               self.margin if width == 0 else self.later)
+        gains = new.sort(dim=1, descending=True).values.sum(dim=0).tolist()  # [end - start] j-th best, over rows
+        front = 0
+        for j, gain in enumerate(gains[: self.topk]):
+            if width + j + 1 >= len(step):
+                break
+            node_ms = costs.draft(n, j + 1) - (costs.draft(n, j) if j else 0.0)
+            column_ms = step[width + j + 1] - step[width + j]
+            if not worth_expanding(gain, expected, took, node_ms, column_ms,
+                                   self.margin if width + j == 0 else self.later):
+                break
+            front, expected, took = front + 1, expected + gain, took + node_ms + column_ms
+        return front
 
     def cut(self, ctx: StepContext, tree: TreeBuilder, plan: Plan) -> torch.Tensor:
         if tree.forwards == 0 and not self._could_pay(ctx, tree, plan.nodes):
@@ -97,7 +108,7 @@ class LearnedPolicy:
         value = np.where(tree.real[:, :n].cpu().numpy(), tree.value[:, :n].cpu().numpy(), 0.0)
         ranked = -np.sort(-value, axis=1)
         ranked[np.arange(n)[None, :] >= caps.numpy()[:, None]] = 0.0
-        spent = np.array([tree.forwards * costs.draft(ctx.batch_size)])
+        spent = np.array([sum(costs.draft(ctx.batch_size, w) for w in tree.widths)])
         width, expected, took = choose_width(ranked.sum(axis=0)[None], np.array([ctx.batch_size]),
                                              costs.step(ctx.batch_size), spent, self.margin, self.later)
         return int(width[0]), float(expected[0]), float(took[0])

@@ -19,8 +19,10 @@ lookup nodes at batch 8 and lost (grounded tasks: 0.92× `ar`, against 1.00–1.
 Columns are tried in order and the first that does not pay ends the step, so whether a node is verified depends
 only on nodes valued at least as high — for a chain, the nodes before it, which keeps sampling lossless. One more
 draft depth is worth its forward when the best new node per row, valued as if it were accepted as often as its
-parent (``gain``), pays for that forward and the column it adds, by the same inequality. With one row and a
-chain this is the classic rule: propose token k+1 while (E_k + P_{k+1}) / (T_k + Δ) > E_k / T_k.
+parent (``gain``), pays for that forward and the column it adds, by the same inequality; the j-th best new node
+joins that forward while its own gain pays for the j-th node a row adds to it (the calibrated draft curve read at
+batch × j) and one more column. With one row and a chain this is the classic rule: propose token k+1 while
+(E_k + P_{k+1}) / (T_k + Δ) > E_k / T_k.
 
 Written over arrays of steps (``[S, ...]``), so that the offline replay in ``speckv train-policy`` runs the very
 same rule over thousands of logged steps at once.
