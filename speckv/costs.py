@@ -173,14 +173,17 @@ class StepTimes:
 
     batch: int  # rows in the step
     tokens: int  # tokens per row in the verify forward (1 + the widest row's nodes)
-    draft_forwards: int
+    draft_widths: tuple[int, ...]  # nodes per row fed by each draft forward (none: a plain step)
     draft_ms: float
     verify_ms: float
     decision_ms: float
     wall_ms: float  # the whole step, bookkeeping included; the drafter's catch-up (prepare) not, like admission
     delivered: float  # tokens committed per row, on average
     drafted: bool  # any row verified drafted tokens
-    draft_widths: tuple[int, ...] = ()  # nodes per row fed by each draft forward (empty: one each)
+
+    @property
+    def draft_forwards(self) -> int:
+        return len(self.draft_widths)
 
 
 class OnlineCosts:
@@ -237,8 +240,7 @@ class OnlineCosts:
         stats[0] += (t.verify_ms - stats[0]) / stats[1]
         self.verify_scale = self._ema(self.verify_scale, t.verify_ms / self.calibrated.verify(n, t.tokens))
         if t.draft_forwards:  # per forward of one node a row: a wider forward counts as its calibrated multiple
-            widths = t.draft_widths or (1,) * t.draft_forwards
-            per_forward = t.draft_ms / sum(self._widen(n, w) for w in widths)
+            per_forward = t.draft_ms / sum(self._widen(n, w) for w in t.draft_widths)
             self.draft_ms[n] = self._ema(self.draft_ms.get(n), per_forward)
             if self.calibrated.draft(n) > 0:
                 self.draft_scale = self._ema(self.draft_scale, per_forward / self.calibrated.draft(n))

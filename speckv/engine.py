@@ -373,10 +373,9 @@ class SpecEngine:
         for b, seq in enumerate(batch.rows):
             seq.stats.add(int(drafted[b]), int(accepted[b]))
         wall_ms = (time.perf_counter() - start) * 1e3 - timer.ms["catch_up"]
-        times = StepTimes(batch=len(batch.rows), tokens=proposal.width + 1, draft_forwards=proposal.draft_forwards,
+        times = StepTimes(batch=len(batch.rows), tokens=proposal.width + 1, draft_widths=proposal.draft_widths,
                           draft_ms=timer.ms["draft"], verify_ms=timer.ms["verify"], decision_ms=timer.ms["decision"],
-                          wall_ms=wall_ms, delivered=float(num_new.float().mean()), drafted=bool(drafted.any()),
-                          draft_widths=proposal.draft_widths)
+                          wall_ms=wall_ms, delivered=float(num_new.float().mean()), drafted=bool(drafted.any()))
         if self.costs is not None:
             self.costs.observe(times)
         if self.record_steps:

@@ -222,7 +222,7 @@ def online(costs: CostModel) -> OnlineCosts:
 
 
 def measured_step(costs: OnlineCosts, batch: int, tokens: int, wall_ms: float, delivered: float) -> None:
-    times = StepTimes(batch=batch, tokens=tokens, draft_forwards=tokens - 1, draft_ms=3.0 * (tokens - 1),
+    times = StepTimes(batch=batch, tokens=tokens, draft_widths=(1,) * (tokens - 1), draft_ms=3.0 * (tokens - 1),
                       verify_ms=wall_ms - 3.0 * (tokens - 1), decision_ms=0.0, wall_ms=wall_ms, delivered=delivered,
                       drafted=tokens > 1)
     if (batch, tokens, tokens > 1) not in costs._warm:  # the first step of a shape is a warm-up the costs do not count
@@ -232,7 +232,7 @@ def measured_step(costs: OnlineCosts, batch: int, tokens: int, wall_ms: float, d
 
 def test_the_first_step_of_a_shape_is_not_counted():
     costs = online(CostModel([1, 8], [1, 2], [[40, 45], [70, 80]], [5, 30]))
-    first = StepTimes(batch=1, tokens=2, draft_forwards=1, draft_ms=3.0, verify_ms=400.0, decision_ms=0.0,
+    first = StepTimes(batch=1, tokens=2, draft_widths=(1,), draft_ms=3.0, verify_ms=400.0, decision_ms=0.0,
                       wall_ms=403.0, delivered=1.5, drafted=True)  # a 2-token verify building its kernels
     costs.observe(first)
     assert not costs.measured(1, 2) and costs.verify(1, 2) == pytest.approx(45.0)
@@ -247,8 +247,8 @@ def test_verify_costs_pool_the_cells_into_one_curve_per_batch_size():
     costs = online(flat)
     for tokens, ms, times in ((1, 40.0, 30), (2, 52.0, 30), (4, 54.0, 30), (3, 80.0, 2)):  # 3 tokens: a rare outlier
         for _ in range(times + 1):  # + the uncounted first step of the shape
-            costs.observe(StepTimes(batch=1, tokens=tokens, draft_forwards=tokens - 1, draft_ms=0.0, verify_ms=ms,
-                                    decision_ms=0.0, wall_ms=ms, delivered=1.0, drafted=tokens > 1))
+            costs.observe(StepTimes(batch=1, tokens=tokens, draft_widths=(1,) * (tokens - 1), draft_ms=0.0,
+                                    verify_ms=ms, decision_ms=0.0, wall_ms=ms, delivered=1.0, drafted=tokens > 1))
     step = costs.step(1)
     assert step[0] == pytest.approx(40.0, abs=1.5)
     # the measured jump (12 ms) kept; the outlier outweighed (cell by cell, 3 and 4 tokens would read 67 ms)
@@ -341,8 +341,8 @@ def test_learned_expands_as_many_new_nodes_as_the_wider_draft_forward_pays_for()
 
 def test_draft_cost_per_forward_counts_a_wider_forward_as_its_calibrated_multiple():
     costs = OnlineCosts(CostModel([1, 2, 4], [1, 2, 5], [[40, 41, 42]] * 3, [1.0, 1.5, 2.0]), 6)
-    step = StepTimes(batch=1, tokens=5, draft_forwards=2, draft_ms=6.0, verify_ms=42.0, decision_ms=0.0,
-                     wall_ms=48.0, delivered=2.0, drafted=True, draft_widths=(1, 4))
+    step = StepTimes(batch=1, tokens=5, draft_widths=(1, 4), draft_ms=6.0, verify_ms=42.0, decision_ms=0.0,
+                     wall_ms=48.0, delivered=2.0, drafted=True)
     for _ in range(2):  # the first step of a shape is not counted
         costs.observe(step)
     # 6 ms over a forward of one node and one of four (calibrated: 2× one): 2 ms per one-node forward
