@@ -108,17 +108,25 @@ class RaggedCache:
         for layer in self._layers():
             layer.keys, layer.values = layer.keys[rows], layer.values[rows]
 
-    def add_rows(self, n: int) -> None:
-        """Append ``n`` rows that hold nothing yet (all holes at the batch's width)."""
-        self.valid = torch.cat([self.valid, self.valid.new_zeros(n, self.valid.shape[1])])
+    def add_rows(self, n: int, front: bool = False) -> None:
+        """Add ``n`` rows that hold nothing yet (all holes at the batch's width), after the others or before them."""
+        def grow(t: torch.Tensor) -> torch.Tensor:
+            empty = t.new_zeros(n, *t.shape[1:])
+            return torch.cat([empty, t] if front else [t, empty])
+
+        self.valid = grow(self.valid)
         for layer in self._layers():
-            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(n, *layer.keys.shape[1:])])
-            layer.values = torch.cat([layer.values, layer.values.new_zeros(n, *layer.values.shape[1:])])
+            layer.keys, layer.values = grow(layer.keys), grow(layer.values)
 
     def extend(self, other: RaggedCache) -> None:
         """Append ``other``'s rows (a batch joining this one): the narrower side is padded on the left with holes."""
-        if self.batch_size == 0:
+        if not other._holds_any():  # nothing was ever fed to the joining rows
+            self.add_rows(other.batch_size)
+            return
+        if not self._holds_any():  # nor to these: the joining rows' cache, with these rows as holes in front
+            n = self.batch_size
             self.kv, self.valid = other.kv, other.valid
+            self.add_rows(n, front=True)
             return
         width = max(self.valid.shape[1], other.valid.shape[1])
         mine, theirs = list(self._layers()), list(other._layers())
@@ -130,6 +138,9 @@ class RaggedCache:
 
     def _layers(self):
         return (layer for layer in self.kv.layers if layer.is_initialized)
+
+    def _holds_any(self) -> bool:
+        return any(True for _ in self._layers())
 
     def _index_slots(self, order: torch.Tensor | None, width: int, start: int = 0) -> None:
         if order is None:  # crop to slots [start, width)

@@ -172,6 +172,20 @@ def test_rows_join_and_leave(head, target):
         assert_same_nodes(row_nodes(got, b), row_nodes(grow(reference, 3, 2), 0))
 
 
+def test_one_token_prompts_join_as_rows_that_hold_nothing_yet(head, target):
+    """A one-token prompt has only its root pair, so admission feeds nothing: such rows join the head's cache as
+    holes, before a batch that holds something and after one; each row drafts what it would alone."""
+    drafter = make(head, target)
+    rows = [([5], 11), (PROMPTS[2], 33), ([9], 44)]
+    for prompt, first in rows:
+        admit(drafter, target, [prompt], [first])
+    got = grow(drafter, 3, 2)
+    for b, (prompt, first) in enumerate(rows):
+        alone = make(head, target)
+        admit(alone, target, [prompt], [first])
+        assert_same_nodes(row_nodes(got, b), row_nodes(grow(alone, 3, 2), 0))
+
+
 def test_a_long_plain_stretch_is_fed_as_it_goes_and_drafts_the_same(head, target, monkeypatch):
     """Past QUEUE_MAX queued positions a commit feeds the head at once, keeping one queued pair per row; what the
     head then drafts equals a drafter admitted with the whole sequence."""
@@ -194,17 +208,22 @@ def test_a_long_plain_stretch_is_fed_as_it_goes_and_drafts_the_same(head, target
         assert_same_nodes(row_nodes(got, b), row_nodes(grow(fresh, 3, 2), 0))
 
 
-def test_a_batch_that_decodes_plainly_never_feeds_the_head_and_drafting_catches_up_first(head, target):
-    """Admission and plain commits only queue; prepare feeds the backlog but each row's root pair, so that grow's
-    first forward is one pair a row (the shape calibration times); what it drafts equals a fresh drafter's."""
+def test_admission_feeds_the_prompts_plain_commits_only_queue_and_drafting_catches_up_first(head, target):
+    """Admission feeds each prompt but its root pair, in the joining rows' own cache (no padding to the batch's
+    backlog); plain commits only queue; prepare feeds the backlog but each row's root pair, so that grow's first
+    forward is one pair a row (the shape calibration times); what it drafts equals a fresh drafter's."""
     drafter = make(head, target)
-    admit(drafter, target, PROMPTS, FIRSTS)
-    seqs = [p + [f] for p, f in zip(PROMPTS, FIRSTS)]
+    admit(drafter, target, PROMPTS[:1], FIRSTS[:1])
+    commit(target, [PROMPTS[0] + [FIRSTS[0]]], drafter, [[30]])
+    admit(drafter, target, PROMPTS[1:], FIRSTS[1:])  # joins a batch with a queued commit
+    assert drafter.cache.lengths.tolist() == [len(p) - 1 for p in PROMPTS]
+    assert drafter.cache.valid.shape[1] == max(len(p) for p in PROMPTS) - 1  # no slot for the backlog's padding
+    seqs = [PROMPTS[0] + [FIRSTS[0], 30]] + [p + [f] for p, f in zip(PROMPTS[1:], FIRSTS[1:])]
     for step in range(3):
         tokens = [[40 + step], [50 + step, 60][: 1 + (step == 1)], [70 + step]]
         commit(target, seqs, drafter, tokens)
         seqs = [s + t for s, t in zip(seqs, tokens)]
-    assert drafter.cache.lengths.tolist() == [0, 0, 0]
+    assert drafter.cache.lengths.tolist() == [len(p) - 1 for p in PROMPTS]  # plain commits only queued
     fed, forward = [], drafter._forward
     drafter._forward = lambda cache, feats, toks, valid, *a: fed.append(valid.sum(dim=1).tolist()) or forward(
         cache, feats, toks, valid, *a)

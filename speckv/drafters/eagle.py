@@ -80,14 +80,17 @@ class EagleHead(nn.Module):
 class EagleDrafter:
     """Implements :class:`speckv.drafters.base.Drafter` with an :class:`EagleHead` and a :class:`RaggedCache`.
 
-    The head reads the target's real features of every committed position, lazily: admission queues a row's prompt
-    and a commit its new tokens, and nothing is fed until a step drafts. Then :meth:`prepare` feeds the backlog (what
-    was queued before the last step: prompts, the commits of plain steps), all but each row's root pair, and
-    :meth:`grow` feeds the rest in its first forward, which yields the predicted feature at each row's root — the
-    shape calibration times, so that a draft forward's measured cost does not carry the backlog. A batch that
-    decodes plainly (at batch 8 on a CPU where a second verified token costs 1.7× the first, its gate drafted in 4
-    of 1,704 steps of the batch job) then never feeds rows that finish before it drafts again; a queue past
-    ``QUEUE_MAX`` slots is fed by the commit that took it there. The tree then grows depth by depth (EAGLE-2): each
+    The head reads the target's real features of every committed position. Admission feeds a row's prompt at once,
+    in a cache of the joining rows alone that then joins the head's batch cache, as the target's own prefill does (fed
+    later with the batch's backlog, a prompt was padded to the widest row's backlog and its padding widened the head's
+    cache: at batch 8 on the job's prompts 2.9 padded slots per real one, in a cache 1,011 slots wide on average).
+    A commit queues its new tokens, and nothing more is fed until a step drafts. Then :meth:`prepare` feeds the
+    backlog (the commits of plain steps), all but each row's root pair, and :meth:`grow` feeds the rest in its first
+    forward, which yields the predicted feature at each row's root — the shape calibration times, so that a draft
+    forward's measured cost does not carry the backlog. A batch that decodes plainly (at batch 8 on a CPU where a
+    second verified token costs 1.7× the first, its gate drafted in 4 of 1,704 steps of the batch job) then never
+    feeds the outputs of rows that finish before it drafts again; a queue past ``QUEUE_MAX`` slots is fed by the
+    commit that took it there. The tree then grows depth by depth (EAGLE-2): each
     forward feeds the frontier — the best new nodes — with their parents' predicted features, every node attending
     to the committed prefix and its own ancestors only; the head's drafted slots are dropped at commit."""
 
@@ -170,17 +173,18 @@ class EagleDrafter:
         for b, (ids, feat) in enumerate(zip(prompt_ids, hidden)):
             assert feat.shape[0] == len(ids), "one feature per prompt position"
             feats[b, : len(ids)] = feat
-        # queued, not fed: the rows join the head's cache empty, and the next step that drafts feeds their prompts
+        # the prompts are fed now, in a cache of the joining rows alone (as the target prefills them), all but each
+        # row's root pair, which waits in the queue for the next step that drafts
+        joining = RaggedCache(len(prompt_ids), self.device)
+        root = self._feed_but_roots(joining, toks, feats, valid)
+        joining.trim()
         old = self.cache.batch_size
-        if old == 0:
+        if old == 0:  # a fresh batch: not the width the last one left behind
             self.cache = RaggedCache(0, self.device)
-        self.cache.add_rows(len(prompt_ids))
-        queued = self._merged_queue() if self.queue else tuple(t.new_zeros((old, 0, *t.shape[2:]))
-                                                               for t in (toks, feats, valid))
-        width = max(queued[0].shape[1], toks.shape[1])
-        self.queue = [tuple(torch.cat([_pad_slots(a, width), _pad_slots(b, width)])
-                            for a, b in zip(queued, (toks, feats, valid)))]
-        self._behind = True
+        self.cache.extend(joining)
+        queued = self._merged_queue() if self.queue else tuple(t.new_zeros((old, 0, *t.shape[2:])) for t in root)
+        width = max(queued[0].shape[1], 1)
+        self.queue = [tuple(torch.cat([_pad_slots(a, width), _pad_slots(b, width)]) for a, b in zip(queued, root))]
 
     @torch.no_grad()
     def prepare(self, plan) -> None:
@@ -278,16 +282,18 @@ class EagleDrafter:
         return self.queue[0]
 
     def _catch_up(self) -> None:
-        """Feed every queued pair but each row's last (its root's, which the next drafting step feeds with every
-        row's alike); the queue keeps that pair (a row with none: an invalid slot)."""
-        toks, feats, valid = self._merged_queue()
+        """Feed the queue but each row's root pair, which the next drafting step feeds with every row's alike."""
+        self.queue, self._behind = [self._feed_but_roots(self.cache, *self._merged_queue())], False
+
+    def _feed_but_roots(self, cache: RaggedCache, toks, feats, valid) -> tuple[torch.Tensor, ...]:
+        """Feed ``cache`` every pair of ``toks`` [B, W] / ``feats`` [B, W, H] / ``valid`` [B, W] but each row's last
+        (its root's); returns those last pairs ([B, 1], [B, 1, H], [B, 1]; a row with none: an invalid slot)."""
         rows, last = torch.arange(valid.shape[0], device=self.device), _last_slot(valid)
         before = valid.clone()
         before[rows, last] = False
         if bool(before.any()):
-            self._forward(self.cache, feats, toks, before)
-        self.queue = [(toks[rows, last][:, None], feats[rows, last][:, None], valid[rows, last][:, None])]
-        self._behind = False
+            self._forward(cache, feats, toks, before)
+        return toks[rows, last][:, None], feats[rows, last][:, None], valid[rows, last][:, None]
 
     def _forward_nodes(self, tree: TreeBuilder, front: torch.Tensor, feats: torch.Tensor,
                        root_position: torch.Tensor) -> torch.Tensor:  # [B, K, H]
