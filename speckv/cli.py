@@ -67,6 +67,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    "full while requests wait)")
     g.add_argument("--scheduling", choices=["continuous", "static"], default="continuous",
                    help="continuous batching (default) or static batches run to their last row (for comparison)")
+    g.add_argument("--admit-wait", type=int, default=4, help="steps a free slot may wait, while more requests wait "
+                   "than fit, for a running row due to finish within them, so that their successors prefill together")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s = parser.add_argument_group("sampling defaults (an input row's own fields win)")
     s.add_argument("--max-new-tokens", type=int, default=128)
@@ -84,6 +86,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         policy=PolicySpec(name=args.policy, gamma=args.gamma, gamma_max=max(args.gamma_max, args.gamma),
                           tree_topk=args.tree_topk, tree_depth=args.tree_depth, path=args.policy_path),
         max_batch_size=args.batch_size,
+        admit_wait=args.admit_wait,
         scheduling=args.scheduling,
         threads=args.threads,
     )

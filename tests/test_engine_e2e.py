@@ -180,6 +180,24 @@ def test_parity_under_churn(models, head, tokenizer, references, confident_polic
         assert (drafted == 0) == (policy == "ar"), (policy, drafted)
 
 
+@pytest.mark.parametrize("lengths, wait, prefills", [([4, 6, 8, 8], 0, [2, 1, 1]), ([4, 6, 8, 8], 4, [2, 2]),
+                                                     ([4, 6, 8], 4, [2, 1])])
+def test_a_free_slot_waits_for_a_row_due_to_finish_so_their_successors_prefill_together(
+        models, tokenizer, references, lengths, wait, prefills):
+    """When row 0 finishes, row 1 is 2 tokens from its end: with admit_wait=4, and more requests waiting than the
+    slot fits, the slot waits for it and both successors prefill in one forward; with one waiting it does not wait.
+    The outputs are the target's either way."""
+    engine = make_engine(models, tokenizer, "ar", batch=2)
+    engine.config = engine.config.model_copy(update={"admit_wait": wait})
+    seen, prefill = [], engine._prefill
+    engine._prefill = lambda rows: seen.append(len(rows)) or prefill(rows)
+    reqs = [GenerationRequest(id=str(i), prompt=PROMPTS[i], sampling=SamplingParams(max_new_tokens=n, ignore_eos=True))
+            for i, n in enumerate(lengths)]
+    results = engine.generate(reqs)
+    assert seen == prefills
+    assert [r.token_ids for r in results] == [references[PROMPTS[i]][:n] for i, n in enumerate(lengths)]
+
+
 def test_identical_draft_accepts_everything_with_bonus(models, tokenizer):
     target = models[0]
     engine = SpecEngine(EngineConfig(policy=PolicySpec(name="fixed", gamma=4)), target=target, tokenizer=tokenizer,
