@@ -17,8 +17,8 @@ Glossary, written down once:
   ``a`` nodes — ``draft(B) · max_b a_b + verify(B, 1 + max_b a_b)`` per batch step: the batched draft runs as many
   forwards as the deepest row needs and the verify forward is as wide as the widest row. The same oracle scores
   ``speckv train-policy``'s replays (:func:`replay_trees`).
-* **costs** — ``draft(B)`` ms per draft forward and ``verify(B, T)`` ms for a forward of ``B`` rows × ``T``
-  tokens; a :class:`speckv.costs.CostModel` (measured by calibration) or one fitted from the telemetry itself by
+* **costs** — ``draft(B, w)`` ms per draft forward of ``B`` rows × ``w`` nodes (a chain's: w = 1) and
+  ``verify(B, T)`` ms for a forward of ``B`` rows × ``T`` tokens; a :class:`speckv.costs.CostModel` (measured by calibration) or one fitted from the telemetry itself by
   :func:`fit_costs`.
 * **gap** = modelled time ÷ oracle time − 1, both from the same cost model, so its fit error cancels; the oracle's
   tokens/s is the observed (measured) tokens/s × (1 + gap). The speed a γ-policy leaves on the table.
@@ -26,13 +26,11 @@ Glossary, written down once:
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from speckv.costs import CostModel
+from speckv.costs import CostModel, Costs
 from speckv.proposal import HEAD, LOOKUP
 
 #: columns the oracle reads
@@ -42,18 +40,33 @@ REQUIRED_COLUMNS = ("actor_id", "batch_size", "num_draft_tokens", "num_accepted_
 COST_GROUP = ("compression", "device", "drafter")
 
 
-class Costs(Protocol):
-    def draft(self, batch: int) -> float: ...
-
-    def verify(self, batch: int, tokens: int) -> float: ...
-
-
-def step_ms(costs: Costs, batch: int, forwards, width):
-    """The one model of a batched step's time: ``forwards`` draft forwards and a verify of 1 + ``width`` tokens per
-    row (scalars, or arrays over steps)."""
+def step_ms(costs: Costs, batch: int, forwards, width, drafting=None):
+    """The one model of a batched step's time: ``forwards`` draft forwards of one node a row (or ``drafting`` ms, their
+    time where some fed more: :func:`draft_ms`) and a verify of 1 + ``width`` tokens per row (scalars, or arrays over
+    steps)."""
     verify = np.vectorize(lambda w: costs.verify(batch, 1 + int(w)))(width) if np.ndim(width) else \
         costs.verify(batch, 1 + int(width))
-    return costs.draft(batch) * forwards + verify
+    return (costs.draft(batch) * forwards if drafting is None else drafting) + verify
+
+
+def draft_ms(arr: dict, nodes: np.ndarray, costs: Costs, batch: int, inverse: np.ndarray, groups: int) -> np.ndarray:
+    """[groups] ms the head's forwards take to draft ``nodes`` ([S, M] of :func:`tree_arrays`' columns) in each
+    batched step (``inverse``: each row's step): the root's forward, one node a row, then one forward per depth d ≥ 1
+    feeding the depth-d nodes with a child among ``nodes``, as wide as its widest row (``Costs.draft(batch, w)``)."""
+    head = nodes & (arr["source"] == HEAD)
+    parent, depth = arr["parent"] - 1, arr["depth"]  # parent's column (-1: the root), [S, M]
+    deepest = int(depth[head].max()) if head.any() else 0
+    widths = np.zeros((len(head), max(deepest, 1)), np.int64)  # [S, forwards] nodes a row each forward feeds
+    widths[:, 0] = head.any(axis=1)
+    fed = np.zeros_like(head)
+    rows, cols = np.nonzero(head & (parent >= 0))
+    fed[rows, parent[rows, cols]] = True
+    for d in range(1, deepest):
+        widths[:, d] = (fed & (depth == d)).sum(axis=1)
+    widest = np.zeros((groups, widths.shape[1]), np.int64)
+    np.maximum.at(widest, inverse, widths)
+    table = np.array([0.0] + [costs.draft(batch, w) for w in range(1, int(widest.max(initial=0)) + 1)])
+    return table[widest].sum(axis=1)
 
 
 def as_frame(steps: pd.DataFrame | pa.Table) -> pd.DataFrame:
@@ -303,7 +316,8 @@ def replay_trees(arr: dict, costs: Costs, batch: int, policy: str, model=None, n
     draft probability without a model; ``hint`` > 0 nudges the model's logit by ±hint towards each node's true outcome:
     a better predictor than any real one, for :func:`headroom`-style reports), or ``oracle`` (exactly the true path).
     At ``batch`` 1 every step stands alone; at a larger batch the rows that ran together form one batched step, as
-    wide as its widest row. Time per step is :func:`step_ms` (forwards = the deepest kept head node)."""
+    wide as its widest row. Time per step is :func:`step_ms`, drafting priced by :func:`draft_ms` (the kept nodes'
+    forwards at their widths)."""
     from speckv.policies.learned.rule import choose_width, margins
 
     real, s = arr["real"], len(arr["real"])
@@ -320,19 +334,16 @@ def replay_trees(arr: dict, costs: Costs, batch: int, policy: str, model=None, n
         _, inverse, rows = np.unique(group, return_inverse=True, return_counts=True)
         gains = np.zeros((len(rows), ranked.shape[1]))
         np.add.at(gains, inverse, ranked)
-        drafted = np.zeros(len(rows), int)
-        np.maximum.at(drafted, inverse, np.where(real & (arr["source"] == HEAD), arr["depth"], 0).max(axis=1))
+        spent = draft_ms(arr, real, costs, batch, inverse, len(rows))  # what drafting the recorded trees took
         step = np.array([costs.verify(batch, 1 + k) for k in range(ranked.shape[1] + 1)])
-        width, _, _ = choose_width(gains, rows, step, costs.draft(batch) * drafted, *margins(margin, batch))
+        width, _, _ = choose_width(gains, rows, step, spent, *margins(margin, batch))
         keep = _top(np.where(real, value, -1.0), width[inverse])
     tokens = (keep & arr["on_path"]).sum(axis=1) + 1
     width = keep.sum(axis=1)
-    forwards = np.where(keep & (arr["source"] == HEAD), arr["depth"], 0).max(axis=1)
     _, inverse, rows = np.unique(group, return_inverse=True, return_counts=True)
-    widest, deepest = np.zeros(len(rows), int), np.zeros(len(rows), int)
+    widest = np.zeros(len(rows), int)
     np.maximum.at(widest, inverse, width)
-    np.maximum.at(deepest, inverse, forwards)
-    seconds = step_ms(costs, batch, deepest, widest) / 1e3
+    seconds = step_ms(costs, batch, 0, widest, draft_ms(arr, keep, costs, batch, inverse, len(rows))) / 1e3
     step_tokens = np.bincount(inverse, weights=tokens) * batch / rows  # a step stands for `batch` rows
     ar_seconds = costs.verify(batch, 1) / 1e3
     return {

@@ -163,6 +163,32 @@ def test_replayed_true_path_follows_the_recorded_accepts():
     assert (arr["depth"][:, ::2] == np.arange(1, 7)).all() and (arr["head_chain"][:, 1::2] == 0).all()
 
 
+def test_replayed_drafting_prices_each_head_forward_at_its_width():
+    """Row 0: the root's children A, B; A's children C, D; B's child E; C's child F; a lookup node beside them. The
+    head ran the root's forward (one node), one feeding A and B (two: both have children), one feeding C: 1 + 1.5 + 1
+    ms where a forward of w nodes a row costs the calibrated draft read at batch × w. Keeping only the chain A, C, F
+    is three forwards of one node; a batched step's forwards are as wide as its widest row."""
+    import pandas as pd
+
+    from speckv.oracle import draft_ms
+
+    base = fake_steps(1, np.random.default_rng(0))[0]
+    tree = {"node_parent": [0, 0, 1, 1, 2, 3, 0], "node_source": [0, 0, 0, 0, 0, 0, 1]}
+    chain = {"node_parent": [0, 1], "node_source": [0, 0]}
+    rows = []
+    for nodes in (tree, chain):
+        n = len(nodes["node_parent"])
+        rows.append({**base, **nodes, "num_draft_tokens": n, **{k: [0] * n for k in ("node_rank", "node_match")},
+                     **{k: [0.5] * n for k in ("node_prob", "draft_top1", "draft_entropy")}, "draft_accept": [True] * n})
+    arr = tree_arrays(pd.DataFrame(rows))
+    costs = CostModel(batch_sizes=[1, 2, 4], tokens=[1, 9], verify_ms=[[10.0, 10.0]] * 3, draft_ms=[1.0, 1.5, 2.5])
+    alone = np.arange(2)
+    np.testing.assert_allclose(draft_ms(arr, arr["real"], costs, 1, alone, 2), [1.0 + 1.5 + 1.0, 1.0 + 1.0])
+    chain_only = arr["real"] & np.isin(np.arange(arr["real"].shape[1]), [0, 2, 5])[None, :]
+    np.testing.assert_allclose(draft_ms(arr, chain_only & (alone == 0)[:, None], costs, 1, alone, 2), [3.0, 0.0])
+    np.testing.assert_allclose(draft_ms(arr, arr["real"], costs, 2, np.zeros(2, int), 1), [1.5 + 2.5 + 1.5])
+
+
 def proposal(parents, ranks, sources, depths) -> Proposal:
     n = len(parents)
     t = lambda v: torch.tensor([v])  # noqa: E731
