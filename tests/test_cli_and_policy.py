@@ -285,20 +285,32 @@ def test_verify_costs_pool_the_cells_into_one_curve_per_batch_size():
 def test_gate_falls_back_to_plain_decoding_and_reprobes_with_backoff():
     costs = online(CostModel([1, 8], [1, 2], [[40, 45], [70, 80]], [5, 30]))  # a drafted column costs 40 ms at b8
     gate = Gate()
-    assert gate.decide(costs, 8, 8.0, 0.1) == 0  # a batch size not seen yet: measure a plain step first
+    assert gate.decide(costs, 8, np.full(8, 1.0), 0.1) == 0  # a batch size not seen yet: measure a plain step first
     measured_step(costs, 8, 1, 70.0, 1.0)
     # in a batch drafting pays when (B + Σa)/(T + ΔT) > (1 + m) · B/T: (8 + 2.4)/110 < 1.1 · 8/70
-    decisions = [gate.decide(costs, 8, 2.4, 0.1) for _ in range(40)]
+    decisions = [gate.decide(costs, 8, np.full(8, 0.3), 0.1) for _ in range(40)]
     probes = [i for i, d in enumerate(decisions) if d]
     assert probes[:2] == [8, 25] and decisions[8] == 1  # a one-column probe after 8 plain steps, then after 16 more
-    assert gate.decide(costs, 8, 8.0, 0.1) == 1  # it pays again: but two tokens a row were never verified at b8
+    assert gate.decide(costs, 8, np.full(8, 1.0), 0.1) == 1  # it pays again: but two tokens a row were never verified at b8
     measured_step(costs, 8, 2, 110.0, 1.5)
-    assert gate.decide(costs, 8, 8.0, 0.1) == -1  # ... now measured: as many columns as the rule likes
+    assert gate.decide(costs, 8, np.full(8, 1.0), 0.1) == -1  # ... now measured: as many columns as the rule likes
     # one row alone sees its first token's signals before paying for its verify: only the draft forward (5 ms)
     # must pay: (1 + a)/45 > 1.05 · 1/40 needs a > 0.18
     one = online(CostModel([1, 8], [1, 2], [[40, 45], [70, 80]], [5, 30]))
     measured_step(one, 1, 1, 40.0, 1.0)
-    assert Gate().decide(one, 1, 0.25, 0.05) != 0 and Gate().decide(one, 1, 0.15, 0.05) == 0
+    assert Gate().decide(one, 1, np.full(1, 0.25), 0.05) != 0 and Gate().decide(one, 1, np.full(1, 0.15), 0.05) == 0
+
+
+def test_gate_drafts_where_a_longer_chain_pays_though_its_first_column_alone_would_not():
+    """Batch 4, a plain step 50 ms, a second verified token +16 ms and each further one +1 ms, 2 ms a draft forward,
+    first-token acceptance 0.45 (a chain's k-th token taken as accepted with 0.45^k), margin 0.1 (4.4 tokens per
+    50 ms to beat): one column delivers 4 + 1.8 tokens in 68 ms (4.26 per 50 ms), two 4 + 2.61 in 71 ms (4.65)."""
+    costs = online(CostModel([1, 4], [1, 2, 3, 5], [[40, 56, 57, 59], [50, 66, 67, 69]], [1, 2]))
+    measured_step(costs, 4, 1, 50.0, 1.0)
+    a = np.full(4, 0.45)
+    assert Gate().decide(costs, 4, a, 0.1, depth=1) == 0
+    assert Gate().decide(costs, 4, a, 0.1, depth=4) != 0
+    assert Gate().decide(costs, 4, np.full(4, 0.3), 0.1, depth=4) == 0  # 4 + 1.2 + 0.36 + 0.11 tokens: too few
 
 
 def test_gate_stops_drafting_where_drafted_steps_measure_slower_than_plain_ones():
@@ -306,7 +318,7 @@ def test_gate_stops_drafting_where_drafted_steps_measure_slower_than_plain_ones(
     gate = Gate()
 
     def step(first_accept: float, drafted_ms: float, delivered: float) -> int:
-        decision = gate.decide(costs, 4, first_accept * 4, 0.1)
+        decision = gate.decide(costs, 4, np.full(4, first_accept), 0.1)
         if decision:
             measured_step(costs, 4, 2 if decision == 1 else 5, drafted_ms, delivered)
         else:
@@ -329,7 +341,7 @@ def test_gate_at_batch_1_keeps_drafting_through_slow_drafted_steps():
     gate = Gate()
     decisions = []
     for i in range(30):  # plain steps at first (acceptance too low), then drafted ones that all come out slow
-        decision = gate.decide(costs, 1, 0.05 if i < 10 else 0.9, 0.05)
+        decision = gate.decide(costs, 1, np.full(1, 0.05 if i < 10 else 0.9), 0.05)
         decisions.append(decision)
         measured_step(costs, 1, 2 if decision else 1, 70.0 if decision else 50.0, 1.0)
     assert decisions[:10].count(0) >= 9 and all(d != 0 for d in decisions[12:])

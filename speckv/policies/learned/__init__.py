@@ -61,7 +61,7 @@ class LearnedPolicy:
         n, cap = ctx.batch_size, min(self.gamma_max, ctx.gamma_max)
         assert ctx.costs is not None, "the learned policy decides on measured costs (needs_costs)"
         self.margin, self.later = margins(self.MARGIN, n)  # these hold for this step's later decisions too
-        columns = self.gate.decide(ctx.costs, n, float(ctx.first_accept.sum()), self.margin)
+        columns = self.gate.decide(ctx.costs, n, ctx.first_accept.cpu().numpy(), self.margin, min(self.depth, cap))
         nodes = torch.full((n,), 1 if columns == 1 else cap, dtype=torch.long)
         depth = {0: 0, 1: 1}.get(columns, self.depth)  # plain: no head forward, only free lookup candidates
         return Plan(nodes=nodes, depth=min(depth, cap), topk=self.topk if columns == -1 else 1)
