@@ -277,7 +277,9 @@ class SpecEngine:
 
     def _admit(self) -> list[Delta]:
         """Abort what was asked to, then prefill waiting requests while they fit (``max_batch_size`` rows,
-        ``max_prefill_tokens`` prompt tokens; a longer prompt is admitted alone) and join them to the batch."""
+        ``max_prefill_tokens`` prompt tokens; a longer prompt is admitted alone) and join them to the batch. While more
+        wait than fit, a freed slot may wait ``admit_wait`` steps for a running row due to finish within them, so that
+        their successors share one prefill forward (a lone one pays the forward's fixed cost alone)."""
         deltas = []
         if self._aborted:
             for seq in [s for s in self.waiting if s.id in self._aborted]:
