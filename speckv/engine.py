@@ -292,9 +292,9 @@ class SpecEngine:
         room, budget, take = self.config.max_batch_size - self.num_running, self.config.max_prefill_tokens, []
         if self.config.scheduling == "static" and self.num_running:
             room = 0  # a static batch runs to its last row before the next one starts (the v1 engine, for comparison)
-        if room and len(self.waiting) > room and self._held < self.config.admit_wait:
-            due = min(r.sampling.max_new_tokens - len(r.tokens) for r in self.batch.rows) if self.num_running else 0
-            if self.num_running and due <= self.config.admit_wait - self._held:
+        if room and self.num_running and len(self.waiting) > room and self._held < self.config.admit_wait:
+            due = min(r.sampling.max_new_tokens - len(r.tokens) for r in self.batch.rows)  # steps to the next finish
+            if due <= self.config.admit_wait - self._held:
                 self._held += 1
                 return deltas
         self._held = 0

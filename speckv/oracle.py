@@ -18,8 +18,8 @@ Glossary, written down once:
   forwards as the deepest row needs and the verify forward is as wide as the widest row. The same oracle scores
   ``speckv train-policy``'s replays (:func:`replay_trees`).
 * **costs** — ``draft(B, w)`` ms per draft forward of ``B`` rows × ``w`` nodes (a chain's: w = 1) and
-  ``verify(B, T)`` ms for a forward of ``B`` rows × ``T`` tokens; a :class:`speckv.costs.CostModel` (measured by calibration) or one fitted from the telemetry itself by
-  :func:`fit_costs`.
+  ``verify(B, T)`` ms for a forward of ``B`` rows × ``T`` tokens; a :class:`speckv.costs.CostModel` (measured by
+  calibration) or one fitted from the telemetry itself by :func:`fit_costs`.
 * **gap** = modelled time ÷ oracle time − 1, both from the same cost model, so its fit error cancels; the oracle's
   tokens/s is the observed (measured) tokens/s × (1 + gap). The speed a γ-policy leaves on the table.
 """
