@@ -1,62 +1,89 @@
-"""Paired A/B of the learned rule's margin for later columns in a batch, in one process: whole rounds of the prompts
-per method, the order reversing each round, walls compared round by round against the first method.
+"""Paired A/B of the learned rule's margin for later columns in a batch, in one process.
 
-    python bench/later_margin_ab.py int8 4 4 speckv/data/bench_mix.jsonl 3 40 fixed2,learned,learned@0.5,learned@0
+    python bench/later_margin_ab.py --level int8 --batch 4 --methods fixed2,learned,learned@0.5,learned@0 --passes 4
 
-Arguments: compression level, batch size, rounds, prompts file, prompts per task, new tokens, methods (``speckv
-bench``'s names; ``learned@F`` scales the margin every column after the first must pay, ``later``, by F).
+``learned@F`` runs ``learned`` with the margin every column after the first must pay (``later``) scaled by F;
+everything else — target, head, acceptance model, prompts — is shared. The methods take turns over the whole prompt
+set, the order rotating per pass (``speckv bench``'s own :func:`~speckv.bench.policies.interleave`); ratios over the
+first method are the bench's, with the paired-bootstrap interval over passes (:func:`~speckv.bench.policies.paired`).
 """
-import collections
+
+from __future__ import annotations
+
+import argparse
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
-torch.set_grad_enabled(False)
-from speckv.bench.policies import method_config  # noqa: E402
-from speckv.collect import compression_spec  # noqa: E402
-from speckv.config import EngineConfig, SamplingParams  # noqa: E402
-from speckv.drafters import Drafters  # noqa: E402
-from speckv.drafters.eagle import EagleDrafter, default_eagle_path  # noqa: E402
-from speckv.drafters.lookup import LookupDrafter  # noqa: E402
-from speckv.engine import SpecEngine  # noqa: E402
-from speckv.io import load_requests  # noqa: E402
-from speckv.models import EMBEDDED, load_causal_lm, load_tokenizer, resolve_spec  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
-level, batch, rounds, path, per_task, new_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], \
-    int(sys.argv[5]), int(sys.argv[6])
-methods = sys.argv[7].split(",")
-spec = resolve_spec(compression_spec(level, EMBEDDED), batch)
-target, device = load_causal_lm(spec)
-tokenizer = load_tokenizer(EMBEDDED)
-head = EagleDrafter.load(default_eagle_path(), target, device)
-engines = {}
-for m in methods:
-    name, _, scale = m.partition("@")
-    policy, draft = method_config(name, batch)
-    drafter = None if name == "ar" else (Drafters([head, LookupDrafter()]) if draft.lookup else head)
-    engine = SpecEngine(EngineConfig(target=spec, policy=policy, draft=draft, max_batch_size=batch), target=target,
-                        tokenizer=tokenizer, drafter=drafter, device=device)
-    if scale:
-        def plan(ctx, policy=engine.policy, plan=engine.policy.plan, factor=float(scale)):
-            out = plan(ctx)
-            policy.later *= factor  # set by plan for this step's later decisions
-            return out
-        engine.policy.plan = plan
-    engines[m] = engine
-requests, _ = load_requests(path, SamplingParams(max_new_tokens=new_tokens), per_task=per_task)
-for engine in engines.values():
-    engine.generate(requests[:batch])  # warm-up: first shapes, costs measured at this batch size
-walls = collections.defaultdict(list)
-for r in range(rounds):
-    for m in (methods if r % 2 == 0 else methods[::-1]):
-        start = time.perf_counter()
-        engines[m].generate(requests)
-        walls[m].append(time.perf_counter() - start)
-print(f"{level} batch {batch}, {len(requests)} prompts, {new_tokens} new tokens, {rounds} rounds; "
-      f"CPU capability usage: {torch.backends.cpu.get_cpu_capability()}")
-for m in methods:
-    ratios = [walls[methods[0]][i] / walls[m][i] for i in range(rounds)]
-    print(f"{m:14s} walls {[round(w, 2) for w in walls[m]]}  speed ÷ {methods[0]}: mean {statistics.mean(ratios):.3f},"
-          f" rounds {[round(x, 3) for x in ratios]}")
+
+def scale_later(engine, factor: float) -> None:
+    """Scale the learned policy's ``later`` margin, which its ``plan`` sets for the step's later decisions."""
+    policy, plan = engine.policy, engine.policy.plan
+
+    def scaled(ctx):
+        out = plan(ctx)
+        policy.later *= factor
+        return out
+
+    policy.plan = scaled
+
+
+def main() -> int:
+    from speckv.bench.policies import drafter_for, engine_runner, interleave, method_config, paired
+    from speckv.bench.stats import fmt_interval
+    from speckv.collect import compression_spec
+    from speckv.config import EngineConfig, SamplingParams
+    from speckv.drafters.eagle import EagleDrafter, default_eagle_path
+    from speckv.drafters.lookup import LookupDrafter
+    from speckv.engine import SpecEngine
+    from speckv.io import load_requests
+    from speckv.models import EMBEDDED, load_causal_lm, load_tokenizer, resolve_spec
+    from speckv.report import machine_record, where
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--level", default="int8")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--methods", required=True)
+    parser.add_argument("--prompts", default=str(ROOT / "speckv/data/bench_mix.jsonl"))
+    parser.add_argument("--per-task", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    spec = resolve_spec(compression_spec(args.level, EMBEDDED), args.batch)
+    target, device = load_causal_lm(spec)
+    tokenizer = load_tokenizer(EMBEDDED)
+    heads, lookup = {"eagle": EagleDrafter.load(default_eagle_path(), target, device)}, LookupDrafter()
+    engines = {}
+    for m in methods:
+        name, _, factor = m.partition("@")
+        policy, draft = method_config(name, args.batch)
+        engines[m] = SpecEngine(EngineConfig(target=spec, policy=policy, draft=draft, max_batch_size=args.batch),
+                                target=target, tokenizer=tokenizer, drafter=drafter_for(draft, heads, lookup),
+                                device=device)
+        if factor:
+            scale_later(engines[m], float(factor))
+    requests, _ = load_requests(args.prompts, SamplingParams(max_new_tokens=args.max_new_tokens),
+                                per_task=args.per_task)
+    for e in engines.values():  # warm-up: kernels, first shapes, costs measured at this batch size
+        e.generate(requests[: args.batch])
+    runs = interleave({m: engine_runner(e) for m, e in engines.items()}, requests, args.batch, args.passes, args.level)
+    record = machine_record(next(e for e in engines.values() if e.costs is not None))
+    print(f"{args.level} batch {args.batch}: {where(record)}; {len(requests)} prompts × {args.passes} passes, "
+          f"{args.max_new_tokens} tokens")
+    base = methods[0]
+    for m in methods:
+        tok_s = sum(r["tokens"] for r in runs[m]) / sum(r["wall"] for r in runs[m])
+        nodes = statistics.median(r["mean_nodes"] for r in runs[m])
+        print(f"  {m:14s} {tok_s:6.1f} tok/s   × {base}: "
+              f"{fmt_interval(*paired(runs[m], runs[base], args.batch)):18s} nodes/step {nodes:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())

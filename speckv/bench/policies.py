@@ -181,7 +181,6 @@ def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list
     """One compression level: its target and drafters loaded once, every method at every (batch, repeats) of
     ``plan``, interleaved; returns its table rows and the machine record."""
     from speckv.collect import compression_spec
-    from speckv.drafters import Drafters
     from speckv.drafters.draft_lm import DraftLM, draft_lm_dir
     from speckv.drafters.eagle import EagleDrafter, default_eagle_path
     from speckv.drafters.lookup import LookupDrafter
@@ -197,16 +196,11 @@ def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list
         assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir()), "quantization": "none"}))
         heads["lm"] = DraftLM(assistant, device, target.config.vocab_size)
 
-    def drafter_for(draft: DraftSpec):
-        if draft.kind == "lookup":
-            return lookup
-        return Drafters([heads[draft.kind], lookup]) if draft.lookup else heads[draft.kind]
-
     rows, record = [], None
     for batch, batch_repeats in plan:
         engines = {m: SpecEngine(EngineConfig(target=spec, policy=pol, draft=draft, max_batch_size=batch),
-                                 target=target, tokenizer=tokenizer, drafter=drafter_for(draft), device=device,
-                                 actor_id=f"bench-{level}-{batch}") for m, (pol, draft) in configs.items()}
+                                 target=target, tokenizer=tokenizer, drafter=drafter_for(draft, heads, lookup),
+                                 device=device, actor_id=f"bench-{level}-{batch}") for m, (pol, draft) in configs.items()}
         runners = {m: engine_runner(e) for m, e in engines.items()}
         if not args.no_hf and assistant is not None and batch == 1:
             runners["hf_generate"] = hf_runner(target, tokenizer)
@@ -216,6 +210,15 @@ def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list
         record = machine_record(measured or next(iter(engines.values())))
         rows += summarize_level(level, batch, runs, configs, measured, args.baseline)
     return rows, record
+
+
+def drafter_for(draft: DraftSpec, heads: dict, lookup):
+    """The drafter a method's ``DraftSpec`` names, out of loaded ``heads`` (by kind) and one ``LookupDrafter``."""
+    from speckv.drafters import Drafters
+
+    if draft.kind == "lookup":
+        return lookup
+    return Drafters([heads[draft.kind], lookup]) if draft.lookup else heads[draft.kind]
 
 
 def interleave(runners: dict, requests, batch: int, repeats: int, desc: str) -> dict[str, list[dict]]:
