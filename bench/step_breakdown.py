@@ -14,25 +14,22 @@ from pathlib import Path
 
 import torch
 torch.set_grad_enabled(False)
-from speckv.bench.policies import method_config
-from speckv.collect import compression_spec
-from speckv.config import EngineConfig, SamplingParams
-from speckv.drafters.eagle import EagleDrafter, default_eagle_path
+from speckv.bench.policies import drafter_for, load_level, method_config
+from speckv.config import EMBEDDED, EngineConfig, SamplingParams
+from speckv.drafters.lookup import LookupDrafter
 from speckv.engine import SpecEngine
 from speckv.io import load_requests
-from speckv.drafters import Drafters
-from speckv.drafters.lookup import LookupDrafter
-from speckv.models import EMBEDDED, load_causal_lm, load_tokenizer, resolve_spec
+from speckv.models import load_tokenizer
+
 level = sys.argv[1]; methods = sys.argv[2].split(","); rounds = int(sys.argv[3])
-spec = resolve_spec(compression_spec(level, EMBEDDED), 8)
-target, device = load_causal_lm(spec)
-tok = load_tokenizer(EMBEDDED)
-head = EagleDrafter.load(default_eagle_path(), target, device)
+spec, target, device, heads, _ = load_level(level, EMBEDDED, 8)
+tok, lookup = load_tokenizer(EMBEDDED), LookupDrafter()
 engines = {}
 for m in methods:
     policy, draft = method_config(m, 8)
-    engines[m] = SpecEngine(EngineConfig(target=spec, policy=policy, draft=draft, max_batch_size=8), target=target, tokenizer=tok,
-                            drafter=None if m == "ar" else (Drafters([head, LookupDrafter()]) if draft.lookup else head), device=device)
+    engines[m] = SpecEngine(EngineConfig(target=spec, policy=policy, draft=draft, max_batch_size=8), target=target,
+                            tokenizer=tok, drafter=None if m == "ar" else drafter_for(draft, heads, lookup),
+                            device=device)
 reqs, _ = load_requests(str(Path(__file__).resolve().parents[1] / "speckv/data/bench_mix.jsonl"), SamplingParams(max_new_tokens=48), per_task=4)
 for e in engines.values(): e.generate(reqs[:8])
 walls = collections.defaultdict(list); steps = collections.defaultdict(list)

@@ -181,20 +181,14 @@ def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list
     """One compression level: its target and drafters loaded once, every method at every (batch, repeats) of
     ``plan``, interleaved; returns its table rows and the machine record."""
     from speckv.collect import compression_spec
-    from speckv.drafters.draft_lm import DraftLM, draft_lm_dir
-    from speckv.drafters.eagle import EagleDrafter, default_eagle_path
     from speckv.drafters.lookup import LookupDrafter
     from speckv.engine import SpecEngine
-    from speckv.models import load_causal_lm, resolve_spec
     from speckv.report import machine_record
 
-    spec = resolve_spec(compression_spec(level, args.target), max(b for b, _ in plan))
-    target, device = load_causal_lm(spec)
-    heads, assistant, lookup = {"eagle": EagleDrafter.load(default_eagle_path(), target, device)}, None, LookupDrafter()
-    if any(d.kind == "lm" for _, d in configs.values()) or (not args.no_hf and spec.quantization == "none"):
-        # the independent draft LM, shared by HF's assisted generation and this engine's "@lm" methods
-        assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir()), "quantization": "none"}))
-        heads["lm"] = DraftLM(assistant, device, target.config.vocab_size)
+    hf = not args.no_hf and compression_spec(level, args.target).quantization == "none"
+    lm = hf or any(d.kind == "lm" for _, d in configs.values())
+    spec, target, device, heads, assistant = load_level(level, args.target, max(b for b, _ in plan), lm)
+    lookup = LookupDrafter()
 
     rows, record = [], None
     for batch, batch_repeats in plan:
@@ -202,7 +196,7 @@ def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list
                                  target=target, tokenizer=tokenizer, drafter=drafter_for(draft, heads, lookup),
                                  device=device, actor_id=f"bench-{level}-{batch}") for m, (pol, draft) in configs.items()}
         runners = {m: engine_runner(e) for m, e in engines.items()}
-        if not args.no_hf and assistant is not None and batch == 1:
+        if hf and batch == 1:
             runners["hf_generate"] = hf_runner(target, tokenizer)
             runners["hf_assisted"] = hf_runner(target, tokenizer, assistant)
         runs = interleave(runners, requests, batch, batch_repeats, f"bench {level} batch {batch}")
@@ -210,6 +204,24 @@ def bench_level(level: str, args, configs: dict, requests, tokenizer, plan: list
         record = machine_record(measured or next(iter(engines.values())))
         rows += summarize_level(level, batch, runs, configs, measured, args.baseline)
     return rows, record
+
+
+def load_level(level: str, source: str, batch: int, lm: bool = False):
+    """What every method of a compression level shares: the target's resolved spec (for batches up to ``batch``),
+    the target, its device, the drafters by kind (the EAGLE head; with ``lm`` the independent draft LM too) and that
+    LM as a ``transformers`` model (Hugging Face's assistant; None without ``lm``)."""
+    from speckv.collect import compression_spec
+    from speckv.drafters.draft_lm import DraftLM, draft_lm_dir
+    from speckv.drafters.eagle import EagleDrafter, default_eagle_path
+    from speckv.models import load_causal_lm, resolve_spec
+
+    spec = resolve_spec(compression_spec(level, source), batch)
+    target, device = load_causal_lm(spec)
+    heads, assistant = {"eagle": EagleDrafter.load(default_eagle_path(), target, device)}, None
+    if lm:  # shared by HF's assisted generation and this engine's "@lm" methods
+        assistant, _ = load_causal_lm(spec.model_copy(update={"source": str(draft_lm_dir()), "quantization": "none"}))
+        heads["lm"] = DraftLM(assistant, device, target.config.vocab_size)
+    return spec, target, device, heads, assistant
 
 
 def drafter_for(draft: DraftSpec, heads: dict, lookup):
