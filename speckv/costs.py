@@ -48,7 +48,8 @@ class CostModel:
     batch_sizes: list[int]  # grid rows, ascending
     tokens: list[int]  # grid columns: tokens per row in the verify forward (1 + nodes), ascending
     verify_ms: list[list[float]]  # [len(batch_sizes)][len(tokens)] median target forward ms
-    draft_ms: list[float]  # [len(batch_sizes)] median ms of one draft forward (one token per row)
+    draft_ms: list[float]  # median ms of one draft forward, by the rows it feeds: at draft_rows, else batch_sizes
+    draft_rows: list[int] | None = None  # the draft grid's rows fed (batch × nodes), ascending; None: batch_sizes
 
     def verify(self, batch: int, tokens: int) -> float:
         """Target forward ms for ``batch`` rows × ``tokens`` tokens, interpolated on the grid."""
@@ -56,9 +57,9 @@ class CostModel:
         return _interp(self.batch_sizes, row, batch)
 
     def draft(self, batch: int, nodes: int = 1) -> float:
-        """Draft forward ms for ``batch`` rows × ``nodes`` nodes each (calibrated at one node a row: read at
-        batch · nodes, the rows a head's linear layers see)."""
-        return _interp(self.batch_sizes, self.draft_ms, batch * nodes)
+        """Draft forward ms for ``batch`` rows × ``nodes`` nodes each, read at batch · nodes, the rows a head's linear
+        layers see (calibration times one node a row at each batch size)."""
+        return _interp(self.draft_rows or self.batch_sizes, self.draft_ms, batch * nodes)
 
     def ratios(self, batch: int = 1, tokens=(1, 5, 9)) -> dict[int, float]:
         """Verify cost of each token count relative to one token (the figure that decides whether drafting pays)."""

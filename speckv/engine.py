@@ -405,6 +405,7 @@ class SpecEngine:
             "drafter": getattr(self.drafter, "kind", "none"), "batch_size": len(batch.rows),
             "draft_ms": times.draft_ms, "verify_ms": times.verify_ms, "decision_ms": times.decision_ms / len(batch.rows),
             "num_decisions": 2 + times.draft_forwards, "draft_forwards": times.draft_forwards,
+            "draft_widths": list(times.draft_widths),
             "max_tokens_verified": times.tokens, "target_dtype": spec.dtype, "quantization": spec.quantization,
             "compression": spec.compression, "device": self.device.type, "gamma_max": self.gamma_max,
             "actor_id": self.actor_id,

@@ -88,15 +88,20 @@ def step_ids(steps: pd.DataFrame) -> pd.Series:
 
 
 def batch_steps(steps: pd.DataFrame | pa.Table) -> pd.DataFrame:
-    """One row per batch step: B (live rows), k (draft forwards = max γ), T (tokens verified per row), times, and
-    ``oracle_k`` (max accepted drafts over the rows), indexed by the ``batch_step`` id of :func:`step_ids`."""
+    """One row per batch step: B (live rows), k (draft forwards = max γ), ``widths`` (nodes a row each forward fed),
+    T (tokens verified per row), times, and ``oracle_k`` (max accepted drafts over the rows), indexed by the
+    ``batch_step`` id of :func:`step_ids`. Telemetry from before ``draft_widths`` was logged reads as forwards of one
+    node a row."""
     frame = as_frame(steps)
     accepted = np.minimum(frame["num_accepted_tokens"], frame["num_draft_tokens"])
     forwards = frame["draft_forwards"] if "draft_forwards" in frame.columns else frame["num_draft_tokens"]
+    logged = frame["draft_widths"] if "draft_widths" in frame.columns else pd.Series([None] * len(frame), frame.index)
+    widths = [tuple(int(w) for w in ws) if ws is not None else (1,) * int(k) for ws, k in zip(logged, forwards)]
     work = pd.DataFrame({
         "batch_step": step_ids(frame),
         "B": frame["batch_size"],
         "k": forwards,
+        "widths": pd.Series(widths, index=frame.index, dtype=object),
         "oracle_k": accepted,
         "T": frame["max_tokens_verified"],
         "draft_ms": frame["draft_ms"].astype("float64"),
@@ -105,8 +110,8 @@ def batch_steps(steps: pd.DataFrame | pa.Table) -> pd.DataFrame:
         "rows": 1,
         **{c: frame[c] for c in COST_GROUP if c in frame.columns},
     })
-    agg = {"B": "max", "k": "max", "oracle_k": "max", "T": "max", "draft_ms": "first", "verify_ms": "first",
-           "decision_ms": "sum", "rows": "sum", **{c: "first" for c in COST_GROUP if c in frame.columns}}
+    agg = {"B": "max", "k": "max", "widths": lambda ws: max(ws, key=len), "oracle_k": "max", "T": "max", "draft_ms": "first",
+           "verify_ms": "first", "decision_ms": "sum", "rows": "sum", **{c: "first" for c in COST_GROUP if c in frame.columns}}
     return work.groupby("batch_step", sort=True).agg(agg)
 
 
@@ -116,7 +121,9 @@ def fit_costs(steps: pd.DataFrame | pa.Table, gamma_max: int | None = None) -> C
     verify(B, T): the mean ``verify_ms`` of each observed (B, T) cell (the mean, not the median: throughput is a sum), linearly interpolated between observed T;
     outside them extended with the within-batch-size least-squares slope in T (clipped at ≥ 0; flat when the data
     has a single T per batch size, which under-states the oracle's saving rather than inventing one).
-    draft(B): ms per draft forward, least squares through the origin of ``draft_ms`` on the step's draft forwards.
+    draft(B, w): ms of a draft forward feeding x = B·w rows (``CostModel.draft``'s convention), a + c·x, by least
+    squares of each drafting step's ``draft_ms`` on its forwards and the rows they fed (a, c ≥ 0); flat (c = 0: ms per
+    forward, through the origin) where the rows per forward never varied, since then nothing separates a from c.
     """
     bs = batch_steps(steps)
     if bs.empty:
@@ -144,16 +151,20 @@ def fit_costs(steps: pd.DataFrame | pa.Table, gamma_max: int | None = None) -> C
         verify_grid.append([max(float(v), 0.0) for v in row])
 
     drafting = bs[bs["k"] > 0]
-    per_b = {}
-    for b, g in drafting.groupby("B"):
-        k = g["k"].to_numpy(float)
-        per_b[int(b)] = float((k * g["draft_ms"].to_numpy(float)).sum() / (k * k).sum())
-    if per_b:
-        known_b = sorted(per_b)
-        draft_grid = [float(np.interp(b, known_b, [per_b[x] for x in known_b])) for b in batch_sizes]
-    else:  # nothing was drafted (plain decoding): the oracle never drafts either
-        draft_grid = [0.0] * len(batch_sizes)
-    return CostModel(batch_sizes=batch_sizes, tokens=tokens, verify_ms=verify_grid, draft_ms=draft_grid)
+    ms = drafting["draft_ms"].to_numpy(float)
+    forwards = np.array([len(ws) for ws in drafting["widths"]], float)
+    fed = np.array([int(b) * sum(ws) for b, ws in zip(drafting["B"], drafting["widths"])], float)  # rows fed, summed
+    a, c = (float((forwards * ms).sum() / (forwards * forwards).sum()) if len(ms) else 0.0), 0.0
+    design = np.stack([forwards, fed], axis=1)
+    if len(ms) and np.linalg.matrix_rank(design) == 2:
+        fit_a, fit_c = np.linalg.lstsq(design, ms, rcond=None)[0]
+        if fit_a >= 0 and fit_c >= 0:
+            a, c = float(fit_a), float(fit_c)
+        elif fit_a < 0:  # all of it per row fed
+            a, c = 0.0, float((fed * ms).sum() / (fed * fed).sum())
+    top = max([2] + [int(b) * max(ws) for b, ws in zip(drafting["B"], drafting["widths"])])  # the widest forward
+    return CostModel(batch_sizes=batch_sizes, tokens=tokens, verify_ms=verify_grid, draft_ms=[a + c, a + c * top],
+                     draft_rows=[1, top])  # a line: CostModel.draft interpolates and extends it exactly
 
 
 def _cost_groups(frame: pd.DataFrame) -> list[str]:
@@ -189,7 +200,7 @@ def time_shares(steps: pd.DataFrame | pa.Table, costs: Costs | None = None) -> p
     for sid, s in bs.iterrows():
         c = cost_of[sid]
         b = int(s["B"])
-        modelled.append(c.draft(b) * s["k"] + c.verify(b, int(s["T"])))
+        modelled.append(sum(c.draft(b, w) for w in s["widths"]) + c.verify(b, int(s["T"])))
         oracle.append(step_ms(c, b, s["oracle_k"], s["oracle_k"]))
     bs = bs.assign(modelled_step_ms=modelled, oracle_step_ms=oracle)
 

@@ -59,6 +59,8 @@ STEP_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("decision_ms", pa.float32(), "policy ms in this step per row served"),
     ("num_decisions", pa.int32(), "policy decisions per row in this step: its plan, one per draft depth, its cut"),
     ("draft_forwards", pa.int32(), "batched draft forwards in this step"),
+    ("draft_widths", pa.list_(pa.int16()), "per batched draft forward, in order: the nodes a row it fed (a chain's: "
+     "1; [] for a plain step), what its cost is read at (speckv.costs.CostModel.draft)"),
     ("max_tokens_verified", pa.int32(), "1 + the widest row's nodes: tokens per row in the verify forward"),
     ("temperature", pa.float32(), "sampling temperature (0 = greedy)"),
     ("target_dtype", pa.string(), "fp32 | bf16 | fp16 (after 'auto' was resolved)"),

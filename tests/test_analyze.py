@@ -160,6 +160,28 @@ def test_fit_costs_is_flat_when_only_one_width_was_seen():
     assert model.draft(1) == pytest.approx(3.0)
 
 
+def test_fit_costs_prices_draft_forwards_by_the_rows_they_feed():
+    def forward(x):  # ms of a draft forward feeding x rows (batch × nodes a row)
+        return 2.0 + 0.5 * x
+
+    rows, shapes = [], [(2, [1]), (2, [1, 3]), (2, [1, 3, 3]), (2, [1, 2]), (4, [1]), (4, [1, 3])] * 2
+    for s, (b, widths) in enumerate(shapes):
+        for r in range(b):
+            rows.append(_row(request_id=f"r{r}", step=s, batch_step_id=s, batch_size=b, num_draft_tokens=sum(widths),
+                             draft_forwards=len(widths), draft_widths=widths, max_tokens_verified=2, verify_ms=40.0,
+                             draft_ms=sum(forward(b * w) for w in widths)))
+    steps = steps_table(rows)
+    model = oracle.fit_costs(steps)
+    for b, w in ((2, 1), (2, 3), (4, 1), (4, 3), (2, 2), (3, 2), (8, 4)):
+        assert model.draft(b, w) == pytest.approx(forward(b * w), rel=1e-6)
+    modelled = oracle.time_shares(steps).groupby("batch_step")["modelled_ms"].sum()
+    assert modelled.to_numpy() == pytest.approx([40.0 + sum(forward(b * w) for w in ws) for b, ws in shapes])
+    unlogged = oracle.fit_costs(steps.drop_columns(["draft_widths"]))  # older telemetry: forwards of one node a row
+    assert unlogged.draft(2) < model.draft(2, 3) and unlogged.draft(2) > model.draft(2)
+    one_shape = oracle.fit_costs(steps_table([r for r in rows if r["draft_widths"] == [1, 3, 3]]))
+    assert one_shape.draft(2, 1) == pytest.approx(one_shape.draft(2, 3))  # nothing separates per forward from per row
+
+
 def test_ar_telemetry_has_no_gap():
     rows = [_row(step=s, verify_ms=40.0 + s, policy="ar") for s in range(5)]
     gap = oracle.oracle_gap(steps_table(rows))

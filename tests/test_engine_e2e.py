@@ -122,6 +122,8 @@ def test_greedy_parity_trees_and_lookup(models, head, tokenizer, references, con
     if policy.get("tree_topk", 1) > 1 and not learned:  # trees did branch: a node's parent had another child
         # (the learned gate sees this tiny draft's acceptance and drafts little more than its probes)
         assert any(len(s["node_parent"]) > len(set(s["node_parent"])) for s in steps)
+        assert any(max(s["draft_widths"], default=0) > 1 for s in steps)  # ... and a forward fed several a row
+    assert all(len(s["draft_widths"]) == s["draft_forwards"] for s in steps)
     assert {s["drafter"] for s in steps} == {drafter}
 
 
