@@ -21,6 +21,8 @@ PROMPTS = ["Write a Python function that returns the sum of a list.", "What is 1
            "Repeat this sentence exactly: the quick brown fox jumps over the lazy dog near the river bank."]
 #: costs under which a drafted token pays whenever it is likely enough to be kept (independent of this machine's
 #: calibration, so that the learned policy's parity test always speculates)
+#: logits this close are a tie for a bf16-computing target: a wider forward's rounding may pick either
+NEAR_TIE = 0.5
 CHEAP_VERIFY = CostModel([1, 16], [1, 33], [[40.0, 44.0], [60.0, 66.0]], [1.0, 1.5])
 
 
@@ -84,9 +86,11 @@ def test_greedy_parity_with_the_shipped_draft_lm_fp32(fp32_parts):
 @pytest.mark.parametrize("level", ["bf16", "int8", "nf4"])
 def test_every_compression_level_speculates_and_matches_plain_decoding(level):
     """bf16 and bitsandbytes targets: a multi-token verify forward can round a near-tie differently from one-token
-    forwards, so outputs may part late; at least 3 of 4 prompts match plain decoding over 24 tokens, and the head
-    is accepted at every level: over 15 % of its drafted tokens (γ=4 chains; first-token acceptance is about a
-    half and falls along a chain: 0.27 at bf16 and int8, 0.21 at nf4 on an Intel Xeon, 2026-12-03)."""
+    forwards, so outputs may part; each output equals plain decoding's up to where the target itself, in one
+    forward over the shared prefix, rates the two tokens within NEAR_TIE (on an AMD EPYC, 2026-12-04: nf4 parted
+    twice at exact bf16 ties, 16.625 and 13.4375 for both tokens, int8 once at 11.81 against 11.50), and the head is
+    accepted at every level: over 15 % of its drafted tokens (γ=4 chains; first-token acceptance is about a half and
+    falls along a chain: 0.27 at bf16 and int8, 0.21 at nf4 on an Intel Xeon, 2026-12-03)."""
     from speckv.collect import compression_spec
 
     spec = compression_spec(level, "embedded")
@@ -94,7 +98,14 @@ def test_every_compression_level_speculates_and_matches_plain_decoding(level):
                                      max_batch_size=4))
     refs = plain_outputs(engine, engine.target, 24)
     results = generate(engine, 24)
-    assert sum(r.token_ids == ref for r, ref in zip(results, refs)) >= 3, level
+    for prompt, result, ref in zip(PROMPTS, results, refs):
+        if result.token_ids == ref:
+            continue
+        k = next(i for i, (a, b) in enumerate(zip(result.token_ids, ref)) if a != b)
+        ids = engine.prepare(GenerationRequest(id="r", prompt=prompt)).prompt_ids + ref[:k]
+        with torch.inference_mode():
+            logits = engine.target(torch.tensor([ids])).logits[0, -1].float()
+        assert abs(float(logits[ref[k]] - logits[result.token_ids[k]])) < NEAR_TIE, (level, prompt, k)
     drafted = sum(r.summary["num_draft_tokens"] for r in results)
     assert sum(r.summary["num_accepted_tokens"] for r in results) / drafted > 0.15, level
 
