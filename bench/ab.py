@@ -8,7 +8,8 @@ Methods are ``speckv bench``'s (:func:`~speckv.bench.policies.method_config`), e
 * ``METHOD@REV`` runs it with ``speckv/policies/learned/rule.py``, the learned policy's methods and
   ``speckv/costs.py``'s ``OnlineCosts`` as they were at git revision REV (read with ``git show``);
 * ``METHOD@later=F`` runs it with the margin that every column after the first pays in a batch (``later``, see
-  :mod:`speckv.policies.learned.rule`) scaled by F.
+  :mod:`speckv.policies.learned.rule`) scaled by F;
+* ``METHOD@weights=PATH`` runs it with the acceptance model at PATH (``speckv train-policy``'s output).
 
 Everything else — target, head, acceptance model, prompts — is shared. The methods run on ``speckv bench``'s own
 :func:`~speckv.bench.policies.interleave` (at batch 1 every prompt under every method back to back, in a batch
@@ -72,7 +73,7 @@ def split(method: str) -> tuple[str, str]:
 
 
 def apply_variant(engine, variant: str) -> None:
-    from speckv.policies.learned import LearnedPolicy
+    from speckv.policies.learned import AcceptanceModel, LearnedPolicy
 
     if not variant:
         return
@@ -80,6 +81,8 @@ def apply_variant(engine, variant: str) -> None:
         raise SystemExit(f"variant @{variant} is for the learned policy")
     if variant.startswith("later="):
         scale_later(engine, float(variant.removeprefix("later=")))
+    elif variant.startswith("weights="):
+        engine.policy.model = AcceptanceModel.load(variant.removeprefix("weights="))
     else:
         at_revision(engine, variant)
 

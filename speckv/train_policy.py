@@ -1,9 +1,12 @@
 """``speckv train-policy TELEMETRY_DIR --output POLICY_PATH``: train the learned selector from step telemetry.
 
 The MLP (:class:`speckv.policies.learned.model.AcceptanceMLP`) learns P(the target accepts a node | it accepted the
-node's parent) from every node of every greedy step: greedy telemetry records that outcome for every node verified,
-on the accepted path or not (telemetry.STEP_SCHEMA's ``draft_accept``). The split is by prompt (``request_id``), so
-the held-out report measures prompts the model never saw.
+node's parent) from every node of the greedy steps whose parent was accepted (:func:`reached`). Greedy telemetry
+records a verdict for every node verified (telemetry.STEP_SCHEMA's ``draft_accept``), but under a rejected parent it
+answers a prefix the target never took; acceptance runs in streaks, so those nodes are accepted less often than
+reached ones with the same signals, and a model trained on them too came out 2–7 points low on reached nodes from
+depth 2 on (``bench/reached_ab.py``; the rule multiplies those acceptances along each path). The split is by prompt
+(``request_id``), so the held-out report measures prompts the model never saw.
 
 The report replays held-out steps (:func:`speckv.oracle.replay_trees`: any sub-tree of a recorded tree is
 replayable) under the measured costs of each compression level: tokens per step and estimated tokens per second of
@@ -64,11 +67,20 @@ def load_steps(path: str | Path):
     return df
 
 
-def samples(arr: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [M, F], labels [M]) for every real node."""
-    real = arr["real"].reshape(-1)
-    x = torch.from_numpy(node_features(arr)[real]).float()
-    return x, torch.from_numpy(arr["accept"].reshape(-1)[real]).float()
+def reached(arr: dict) -> np.ndarray:
+    """[S, M] the real nodes whose parent is the root or on the accepted path: where "accepted, given its parent"
+    is what happened, not a counterfactual."""
+    parent = arr["parent"] - 1  # the parent's column; -1 = the root
+    rows = np.arange(len(parent))[:, None]
+    return arr["real"] & ((parent < 0) | arr["on_path"][rows, np.maximum(parent, 0)])
+
+
+def samples(arr: dict, only_reached: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [M, F], labels [M]) for every node :func:`reached` (or, without ``only_reached``, every real node:
+    ``bench/reached_ab.py``'s comparison)."""
+    keep = (reached(arr) if only_reached else arr["real"]).reshape(-1)
+    x = torch.from_numpy(node_features(arr)[keep]).float()
+    return x, torch.from_numpy(arr["accept"].reshape(-1)[keep]).float()
 
 
 def split_by_prompt(df, holdout: float, seed: int) -> np.ndarray:

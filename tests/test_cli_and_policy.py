@@ -139,6 +139,16 @@ def test_train_policy_learns_acceptance_and_beats_fixed_in_replay(tmp_path):
     assert policy.model is not None
 
 
+def test_the_acceptance_model_learns_only_from_nodes_whose_parent_was_accepted():
+    from speckv.train_policy import reached
+
+    # one step: node 1 under the root (accepted), nodes 2 and 3 under node 1 (2 rejected, 3 accepted), node 4 under
+    # node 2 (its verdict answers a prefix the target did not take), then a padding slot
+    arr = {"real": np.array([[True, True, True, True, False]]), "parent": np.array([[0, 1, 1, 2, 0]]),
+           "on_path": np.array([[True, False, True, False, False]])}
+    assert reached(arr).tolist() == [[True, True, True, False, False]]
+
+
 def test_train_policy_refuses_telemetry_without_trees(tmp_path):
     from speckv import train_policy
 
