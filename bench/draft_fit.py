@@ -20,5 +20,6 @@ for name, table in (("widths logged", steps), ("widths not read", steps.drop_col
     model, gap = oracle.fit_costs(table), oracle.oracle_gap(table)
     (one, top), (ms_one, ms_top) = model.draft_rows, model.draft_ms
     c = (ms_top - ms_one) / (top - one)
-    print(f"  {name}: draft {ms_one - c:.2f} ms + {c:.3f} ms a row fed (widest {top} rows: {ms_top:.2f} ms); tok/s observed {gap['observed_tok_s']:.1f}, modelled "
-          f"{gap['modelled_tok_s']:.1f}, oracle {gap['oracle_tok_s']:.1f} (gap {gap['gap']:+.3f})")
+    print(f"  {name}: draft {ms_one - c:.2f} ms + {c:.3f} ms a row fed (widest {top} rows: {ms_top:.2f} ms); "
+          f"tok/s observed {gap['observed_tok_s']:.1f}, modelled {gap['modelled_tok_s']:.1f}, "
+          f"oracle {gap['oracle_tok_s']:.1f} (gap {gap['gap']:+.3f})")

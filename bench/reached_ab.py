@@ -50,5 +50,6 @@ for level, level_costs, sub in by_level(test, costs):
         best = replay_trees(sub, level_costs, batch, "oracle")
         a, b = runs["every node"], runs["reached only"]
         print(f"  {level} batch {batch}: {a['tokens_per_step']:.2f} | {b['tokens_per_step']:.2f} tokens/step, "
-              f"{a['tokens_per_s']:.1f} | {b['tokens_per_s']:.1f} tok/s ({b['tokens_per_s'] / a['tokens_per_s']:.3f}×), "
+              f"{a['tokens_per_s']:.1f} | {b['tokens_per_s']:.1f} tok/s "
+              f"({b['tokens_per_s'] / a['tokens_per_s']:.3f}×), "
               f"nodes {a['mean_nodes']:.2f} | {b['mean_nodes']:.2f}; oracle {best['tokens_per_s']:.1f}")

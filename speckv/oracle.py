@@ -110,8 +110,9 @@ def batch_steps(steps: pd.DataFrame | pa.Table) -> pd.DataFrame:
         "rows": 1,
         **{c: frame[c] for c in COST_GROUP if c in frame.columns},
     })
-    agg = {"B": "max", "k": "max", "widths": lambda ws: max(ws, key=len), "oracle_k": "max", "T": "max", "draft_ms": "first",
-           "verify_ms": "first", "decision_ms": "sum", "rows": "sum", **{c: "first" for c in COST_GROUP if c in frame.columns}}
+    agg = {"B": "max", "k": "max", "widths": lambda ws: max(ws, key=len), "oracle_k": "max", "T": "max",
+           "draft_ms": "first", "verify_ms": "first", "decision_ms": "sum", "rows": "sum",
+           **{c: "first" for c in COST_GROUP if c in frame.columns}}
     return work.groupby("batch_step", sort=True).agg(agg)
 
 
@@ -154,7 +155,7 @@ def fit_costs(steps: pd.DataFrame | pa.Table, gamma_max: int | None = None) -> C
     ms = drafting["draft_ms"].to_numpy(float)
     forwards = np.array([len(ws) for ws in drafting["widths"]], float)
     fed = np.array([int(b) * sum(ws) for b, ws in zip(drafting["B"], drafting["widths"])], float)  # rows fed, summed
-    a, c = (float((forwards * ms).sum() / (forwards * forwards).sum()) if len(ms) else 0.0), 0.0
+    a, c = (float((forwards * ms).sum() / (forwards * forwards).sum()) if len(ms) else 0.0), 0.0  # flat unless fitted
     design = np.stack([forwards, fed], axis=1)
     if len(ms) and np.linalg.matrix_rank(design) == 2:
         fit_a, fit_c = np.linalg.lstsq(design, ms, rcond=None)[0]
