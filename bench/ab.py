@@ -11,7 +11,9 @@ Methods are ``speckv bench``'s (:func:`~speckv.bench.policies.method_config`), e
   :mod:`speckv.policies.learned.rule`) scaled by F;
 * ``METHOD@weights=PATH`` runs it with the acceptance model at PATH (``speckv train-policy``'s output).
 
-Everything else — target, head, acceptance model, prompts — is shared. The methods run on ``speckv bench``'s own
+Everything else — target, head, acceptance model, prompts — is shared. Beside tokens/s each method's nodes and
+tokens per step and its steps per pass are printed: for one output, the step count is what a selector decided,
+whatever the machine's load did to the seconds. The methods run on ``speckv bench``'s own
 :func:`~speckv.bench.policies.interleave` (at batch 1 every prompt under every method back to back, in a batch
 turns over the whole prompt set, the order rotating), and each ratio over the first method is the bench's, with
 its paired-bootstrap interval (:func:`~speckv.bench.policies.paired`: over prompts at batch 1, passes otherwise).
@@ -130,8 +132,11 @@ def main() -> int:
     for m in methods:
         tok_s = sum(r["tokens"] for r in runs[m]) / sum(r["wall"] for r in runs[m])
         nodes = statistics.median(r["mean_nodes"] for r in runs[m])
+        steps = statistics.mean(len({s["batch_step_id"] for s in r["steps"]}) for r in runs[m])
         print(f"  {m:18s} {tok_s:6.1f} tok/s   × {base}: "
-              f"{fmt_interval(*paired(runs[m], runs[base], args.batch)):18s} nodes/step {nodes:.2f}")
+              f"{fmt_interval(*paired(runs[m], runs[base], args.batch)):18s} nodes/step {nodes:.2f}, "
+              f"tokens/step {statistics.median(r['mean_acceptance_length'] for r in runs[m]):.2f}, "
+              f"steps/pass {steps:.1f}")
     return 0
 
 
